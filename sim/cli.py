@@ -1,0 +1,139 @@
+"""The ``moesim`` command line: parse, load, call, write. Heavy modules load inside commands.
+
+Every user mistake ends as one line ``error: <message>`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sim import __version__
+from sim.errors import UserError
+
+USER_ERROR_EXIT = 2
+
+
+def _load_cluster(source: Path, scenario: Any) -> Any:
+    """The scenario's topology with its overrides; errors also name the scenario file."""
+    from sim.scenario import topology_overrides
+    from sim.topology import load_topology
+
+    try:
+        return load_topology(*topology_overrides(scenario))
+    except UserError as e:
+        raise UserError(f"{source}: topology: {e}") from None
+
+
+def _size(cluster: Any) -> str:
+    nodes = cluster.num_nodes
+    return f"{cluster.num_gpus} GPUs on {nodes} node{'s' if nodes != 1 else ''}"
+
+
+@click.group(
+    invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="moesim")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """moe-sim: simulate Mixture-of-Experts workloads on GPU clusters."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@cli.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    help="Override a scenario field, e.g. --set fabric.ecmp=hash (repeatable).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path),
+    help="Output directory (default: runs/<scenario>-<YYYYmmdd-HHMMSS>/).",
+)
+def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
+    """Run SCENARIO: print an nccl-tests style table and write summary.json."""
+    from sim import output
+    from sim.scenario import load_scenario
+
+    sc = load_scenario(scenario, sets)  # input mistakes surface before the engine is imported
+    if out is not None:
+        output.check_out_dir(out)
+    cluster = _load_cluster(scenario, sc)
+    from sim.collectives import run_benchmark
+
+    results = run_benchmark(sc, cluster)
+    click.echo(output.format_benchmark_table(sc, cluster, results))
+    summary = output.benchmark_summary(sc, cluster, results)
+    path = output.write_run(out or output.default_run_dir(sc.name), {"summary.json": summary})
+    click.echo(f"wrote {path / 'summary.json'}", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def validate(file: Path) -> None:
+    """Check a scenario file (and its topology) or a topology file."""
+    from sim.scenario import load_scenario, read_yaml
+
+    data = read_yaml(file)
+    if isinstance(data, dict) and "kind" in data:
+        from sim.topology import validate_topology
+
+        cluster = validate_topology(file)
+        click.echo(f"ok: {file} (topology {cluster.name}: {_size(cluster)})")
+        return
+    if not (isinstance(data, dict) and ({"topology", "benchmark"} & data.keys())):
+        raise UserError(
+            f"{file}: neither a scenario (with topology: and benchmark:) "
+            "nor a topology file (with kind:)"
+        )
+    sc = load_scenario(file)
+    cluster = _load_cluster(file, sc)
+    b = sc.benchmark
+    click.echo(
+        f"ok: {file} (scenario {sc.name}: {b.collective}/{b.algorithm} on {cluster.name}, "
+        f"{_size(cluster)})"
+    )
+
+
+@cli.command(name="list")
+def list_() -> None:
+    """List the shipped topologies and the collectives with their algorithms."""
+    from sim.scenario.schema import COLLECTIVES
+    from sim.topology import list_topologies
+
+    click.echo("topologies:")
+    for name, description in list_topologies():
+        click.echo(f"  {name:<26} {description}")
+    click.echo("collectives (algorithms, default first):")
+    for collective, algorithms in COLLECTIVES.items():
+        click.echo(f"  {collective:<26} {', '.join(algorithms)}")
+
+
+def _fail(message: str, status: int = USER_ERROR_EXIT) -> None:
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    click.echo(f"error: {one_line}", err=True)
+    sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``moesim`` console script."""
+    try:
+        rv = cli.main(args=argv, prog_name="moesim", standalone_mode=False)
+    except UserError as e:
+        _fail(str(e))
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(e.format_message() + hint)
+    except click.ClickException as e:
+        _fail(e.format_message())
+    except click.Abort:
+        _fail("interrupted", 130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

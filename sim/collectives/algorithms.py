@@ -1,0 +1,117 @@
+"""Collectives as SimPy processes on a Fabric; each returns its duration in seconds.
+
+Every algorithm hands the fabric whole batches of flows. Staged algorithms (pairwise, ring,
+hierarchical) are bulk-synchronous: a stage starts when every flow of the previous stage has
+arrived, which is exact for balanced traffic and a slight overestimate for skewed traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from sim.network.fabric import Fabric
+
+
+def _send(fabric: Fabric, src, dst, nbytes) -> Generator:
+    """Yield one batch of non-empty flows; return its duration (0 if nothing to send)."""
+    src, dst, nbytes = (np.asarray(a).ravel() for a in (src, dst, nbytes))
+    keep = (nbytes > 0) & (src != dst)
+    if not keep.any():
+        return 0.0
+    tr = yield fabric.transfer(src[keep], dst[keep], nbytes[keep])
+    return tr.duration_s
+
+
+def all_to_all(fabric: Fabric, matrix: np.ndarray, algorithm: str = "direct",
+               relay: str = "destination") -> Generator:
+    """All-to-All of ``matrix[s, d]`` bytes from rank s to rank d; returns seconds.
+
+    * ``direct``: every flow at once (what NCCL does with grouped send/recv).
+    * ``pairwise``: P-1 rounds; in round r rank s sends to (s + r) mod P.
+    * ``hierarchical``: gather inside each node to a relay GPU, exchange between GPUs of equal
+      local rank on different nodes, scatter inside the destination node. ``relay`` picks the
+      GPU of the destination's local rank (``destination``: the scatter stage is empty, as in
+      NCCL PXN) or of the source's (``source``: the gather stage is empty, as in SMILE).
+    """
+    env = fabric.env
+    t0 = env.now
+    p = matrix.shape[0]
+    if algorithm == "direct":
+        s, d = np.nonzero(matrix)
+        yield from _send(fabric, s, d, matrix[s, d])
+    elif algorithm == "pairwise":
+        ranks = np.arange(p)
+        for r in range(1, p):
+            dst = (ranks + r) % p
+            yield from _send(fabric, ranks, dst, matrix[ranks, dst])
+    elif algorithm == "hierarchical":
+        for src, dst, nbytes in hierarchical_stages(fabric.cluster, matrix, relay):
+            yield from _send(fabric, src, dst, nbytes)
+    else:
+        raise ValueError(f"unknown all_to_all algorithm {algorithm!r}")
+    return env.now - t0
+
+
+def hierarchical_stages(cluster, matrix: np.ndarray, relay: str = "destination") -> list:
+    """The three stages (gather, exchange, scatter) of a hierarchical All-to-All.
+
+    Each stage is (src, dst, bytes) arrays, aggregated per GPU pair. Traffic between GPUs of one
+    node goes straight to its destination in the first intra-node stage. Needs the same number of
+    GPUs on every node.
+    """
+    if relay not in ("destination", "source"):
+        raise ValueError("relay must be 'destination' or 'source'")
+    node, local = cluster.node_of, cluster.local_rank
+    n_nodes, g = cluster.num_nodes, cluster.gpus_per_node
+    if n_nodes * g != len(node):
+        raise ValueError("hierarchical All-to-All needs the same number of GPUs on every node")
+    rank_of = np.empty((n_nodes, g), dtype=np.int64)
+    rank_of[node, local] = np.arange(len(node))
+    s, d = np.nonzero(matrix)
+    b = matrix[s, d]
+    same = node[s] == node[d]
+    s_in, d_in, b_in = s[same], d[same], b[same]
+    s, d, b = s[~same], d[~same], b[~same]
+    x = local[d] if relay == "destination" else local[s]
+    r_src = rank_of[node[s], x]  # relay on the source node
+    r_dst = rank_of[node[d], x]  # relay on the destination node
+    gather = (np.r_[s, s_in], np.r_[r_src, d_in], np.r_[b, b_in])
+    stages = [gather, (r_src, r_dst, b), (r_dst, d, b)]
+    if relay == "source":  # local traffic rides with the scatter instead
+        stages[0] = (s, r_src, b)
+        stages[2] = (np.r_[r_dst, s_in], np.r_[d, d_in], np.r_[b, b_in])
+    return [_aggregate(len(node), *st) for st in stages]
+
+
+def _aggregate(p: int, src, dst, nbytes):
+    """Merge flows with the same (src, dst) into one; drop self-pairs."""
+    keep = src != dst
+    key = src[keep] * p + dst[keep]
+    uniq, inv = np.unique(key, return_inverse=True)
+    total = np.bincount(inv, weights=nbytes[keep], minlength=len(uniq))
+    return uniq // p, uniq % p, total
+
+
+def ring_all_reduce(fabric: Fabric, nbytes: float) -> Generator:
+    """Ring AllReduce of ``nbytes`` per rank: 2(P-1) steps of nbytes/P to the next rank; seconds."""
+    return (yield from _ring(fabric, nbytes / fabric.cluster.num_gpus,
+                             2 * (fabric.cluster.num_gpus - 1)))
+
+
+def ring_all_gather(fabric: Fabric, nbytes: float) -> Generator:
+    """Ring AllGather producing ``nbytes`` per rank (each contributes nbytes/P); seconds."""
+    return (yield from _ring(fabric, nbytes / fabric.cluster.num_gpus,
+                             fabric.cluster.num_gpus - 1))
+
+
+def _ring(fabric: Fabric, chunk: float, steps: int) -> Generator:
+    t0 = fabric.env.now
+    p = fabric.cluster.num_gpus
+    ranks = np.arange(p)
+    nxt = (ranks + 1) % p
+    sizes = np.full(p, float(chunk))
+    for _ in range(steps):
+        yield from _send(fabric, ranks, nxt, sizes)
+    return fabric.env.now - t0

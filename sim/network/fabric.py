@@ -1,0 +1,322 @@
+"""The flow-level fabric: one SimPy process owns every flow in flight.
+
+A flow moves ``bytes`` from one GPU rank to another along its route. It first waits its start-up
+latency (sum of link latencies on the path plus the per-message overhead), then transmits at its
+max-min fair rate, which changes whenever the set of transmitting flows changes. Collectives hand
+the fabric whole batches (``transfer``) and get one event back that fires when the last flow of
+the batch has arrived.
+
+Exactness and speed (``rate_tolerance``, written ``tol`` below). With ``tol = 0`` rates are
+re-solved at every instant a flow starts or ends: the exact fluid max-min model. Arrivals always
+re-solve. Departures re-solve lazily: between two solves every flow keeps its rate, so each
+completion time is exact for the rates in force, and departed flows simply leave their bandwidth
+idle. A re-solve is due as soon as the bandwidth freed on some link since the last solve exceeds
+``tol`` x its capacity. No flow ever runs faster than its exact share would allow on a link (the
+allocation stays feasible: no link above 100 %), and the bandwidth a flow could have gained but
+did not is below ``tol`` of any link it crosses, so completion times are late by a relative error
+of order ``tol``; ``benchmarks/bench_fabric.py`` measures it against the exact run.
+Flows that finish at the same instant finish as one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from sim.network.maxmin import max_min_rates
+from sim.network.routing import Routes
+from sim.topology.cluster import Cluster
+
+_TIME_EPS = 1e-12  # relative tolerance for "finishes at the same instant"
+
+
+@dataclass(frozen=True)
+class FabricOptions:
+    """Fabric knobs, SI units. ``rate_tolerance`` in [0, 0.5]; 0 is exact (see module doc)."""
+
+    message_overhead_s: float = 0.0
+    ecmp: str = "dmodk"
+    rate_tolerance: float = 1e-3
+
+
+@dataclass
+class Transfer:
+    """What ``Fabric.transfer`` delivers: per-flow finish times in s (same order as submitted)."""
+
+    start_s: float
+    finish_s: np.ndarray
+    nbytes: np.ndarray
+
+    @property
+    def end_s(self) -> float:
+        return float(self.finish_s.max()) if len(self.finish_s) else self.start_s
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass
+class FabricStats:
+    """Counters of the work the fabric did."""
+
+    flows: int = 0
+    recomputes: int = 0
+    filling_rounds: int = 0
+    peak_active_flows: int = 0
+    link_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class _Batch:
+    event: simpy.Event
+    start_s: float
+    finish_s: np.ndarray
+    nbytes: np.ndarray
+    left: int
+
+
+class Fabric:
+    """Flow-level network of a cluster inside a SimPy environment."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cluster: Cluster,
+        options: FabricOptions | None = None,
+        routes: Routes | None = None,
+    ):
+        self.env = env
+        self.cluster = cluster
+        self.options = options or FabricOptions()
+        if not 0.0 <= self.options.rate_tolerance <= 0.5:
+            raise ValueError("rate_tolerance must be within [0, 0.5]")
+        self.routes = routes or Routes(cluster, self.options.ecmp)
+        cap = cluster.links.capacity_Bps
+        self.capacity = np.append(cap, np.inf)
+        self._threshold = np.append(cap * self.options.rate_tolerance, np.inf)
+        n_links = len(cap)
+        self.stats = FabricStats(link_bytes=np.zeros(n_links + 1))
+        self._batches: dict[int, _Batch] = {}
+        self._next_batch = 0
+        h = 1
+        # flows in their start-up latency
+        self._p_time = np.zeros(0)
+        self._p_paths = np.zeros((0, h), dtype=np.int32)
+        self._p_bytes = np.zeros(0)
+        self._p_batch = np.zeros(0, dtype=np.int64)
+        self._p_idx = np.zeros(0, dtype=np.int64)
+        # flows transmitting
+        self._paths = np.zeros((0, h), dtype=np.int32)
+        self._rem = np.zeros(0)
+        self._rate = np.zeros(0)
+        self._batch = np.zeros(0, dtype=np.int64)
+        self._idx = np.zeros(0, dtype=np.int64)
+        self._finish = np.zeros(0)  # projected finish time at current rates
+        self._solved_at = 0.0
+        self._due_at = np.inf  # when the lazy re-solve is due (see module doc)
+        self._freed_since_solve = np.zeros(len(self.capacity))
+        self._wake = env.event()
+        self._process = env.process(self._run())
+
+    # ------------------------------------------------------------------ public
+    def transfer(self, src, dst, nbytes) -> simpy.Event:
+        """Start flows ``src[i] -> dst[i]`` of ``nbytes[i]`` bytes; the event's value is a Transfer.
+
+        Flows with ``src == dst`` are local copies and finish at once.
+        """
+        src = np.asarray(src, dtype=np.int64).ravel()
+        dst = np.asarray(dst, dtype=np.int64).ravel()
+        nbytes = np.asarray(nbytes, dtype=float).ravel()
+        if not (len(src) == len(dst) == len(nbytes)):
+            raise ValueError("src, dst and nbytes must have the same length")
+        if np.any(nbytes < 0):
+            raise ValueError("flow sizes must be >= 0 bytes")
+        now = self.env.now
+        event = self.env.event()
+        bid = self._next_batch
+        self._next_batch += 1
+        finish = np.full(len(src), float(now))
+        net = np.flatnonzero(src != dst)
+        batch = _Batch(event, now, finish, nbytes, len(net))
+        if not len(net):
+            event.succeed(Transfer(now, finish, nbytes))
+            return event
+        self._batches[bid] = batch
+        paths, latency = self.routes.paths(src[net], dst[net])
+        self.stats.flows += len(net)
+        self.stats.link_bytes += np.bincount(
+            paths.ravel(), weights=np.repeat(nbytes[net], paths.shape[1]),
+            minlength=len(self.capacity))
+        self._p_paths, self._paths = self._widen(paths.shape[1])
+        paths = self._pad(paths, self._paths.shape[1])
+        self._p_time = np.concatenate([self._p_time, now + latency + self.options.message_overhead_s])
+        self._p_paths = np.vstack([self._p_paths, paths])
+        self._p_bytes = np.concatenate([self._p_bytes, nbytes[net]])
+        self._p_batch = np.concatenate([self._p_batch, np.full(len(net), bid)])
+        self._p_idx = np.concatenate([self._p_idx, net])
+        if not self._wake.triggered:
+            self._wake.succeed()
+        return event
+
+    def link_load(self) -> np.ndarray:
+        """Current sum of flow rates on each link, bytes/s (length = number of links)."""
+        load = np.bincount(self._paths.ravel(), weights=np.repeat(self._rate, self._paths.shape[1]),
+                           minlength=len(self.capacity))
+        return load[:-1]
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._rem)
+
+    # ---------------------------------------------------------------- process
+    def _run(self):
+        env = self.env
+        while True:
+            t_next = self._next_stop()
+            if np.isinf(t_next):
+                yield self._wake
+            else:
+                yield self._wake | env.timeout(max(t_next - env.now, 0.0))
+            if self._wake.triggered:
+                self._wake = env.event()
+                yield env.timeout(0)  # let every process submitting at this instant do so
+                if self._wake.triggered:
+                    self._wake = env.event()
+            self._advance(env.now)
+
+    def _next_stop(self) -> float:
+        """Earliest of: a pending flow starting, a batch ending, a lazy re-solve being due."""
+        t = self._p_time.min() if len(self._p_time) else np.inf
+        self._due_at = np.inf
+        if len(self._rem):
+            self._due_at = self._due_time()
+            t = min(t, self._due_at, self._batch_end_time())
+        return t
+
+    def _batch_end_time(self) -> float:
+        """Earliest time a batch with no flow still in start-up has all its flows done."""
+        ends = np.full(self._next_batch, -np.inf)
+        np.maximum.at(ends, self._batch, self._finish)
+        if len(self._p_batch):
+            ends[self._p_batch] = np.inf
+        ends = ends[np.unique(self._batch)]
+        return float(ends.min())
+
+    def _due_time(self) -> float:
+        """When the next lazy re-solve is due (see the module doc).
+
+        Both must hold: the bandwidth freed on some link since the last solve exceeds tol of its
+        capacity, and at least tol x (time since the oldest flow in flight was submitted) has
+        passed since the last solve.
+        """
+        tol = self.options.rate_tolerance
+        if tol == 0.0:
+            return float(self._finish.min())
+        origin = min(self._batches[int(b)].start_s for b in np.unique(self._batch))
+        t_quantum = self._solved_at + tol * (self._solved_at - origin)
+        n, h = self._paths.shape
+        n_links = len(self.capacity)
+        early = self._finish <= t_quantum
+        freed = self._freed_since_solve + np.bincount(
+            self._paths[early].ravel(), weights=np.repeat(self._rate[early], h),
+            minlength=n_links)
+        if np.any(freed > self._threshold):
+            return t_quantum
+        late = np.flatnonzero(~early)
+        order = late[np.argsort(self._finish[late], kind="stable")]
+        chunk = max(256, len(order) // 16)
+        for lo in range(0, len(order), chunk):
+            idx = order[lo:lo + chunk]
+            p = self._paths[idx].ravel()
+            w = np.repeat(self._rate[idx], h)
+            add = np.bincount(p, weights=w, minlength=n_links)
+            if np.any(freed + add > self._threshold):
+                # locate the first flow of the chunk at which some link crosses its threshold
+                pos = np.repeat(np.arange(len(idx)), h)
+                s = np.argsort(p, kind="stable")
+                ps, ws, pos = p[s], w[s], pos[s]
+                cum = np.cumsum(ws)
+                starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+                base = np.repeat(cum[starts] - ws[starts], np.diff(np.r_[starts, len(ps)]))
+                cross = (cum - base + freed[ps]) > self._threshold[ps]
+                return float(self._finish[idx[pos[cross].min()]])
+            freed += add
+        return float(self._finish.max())
+
+    def _advance(self, now: float) -> None:
+        """Move time to ``now``: retire finished flows, start due ones, re-solve if needed."""
+        resolve = False
+        if len(self._rem):
+            done = self._finish <= now * (1 + _TIME_EPS) + 1e-18
+            self._rem -= self._rate * (now - self._solved_at)
+            self._solved_at = now
+            if done.any():
+                self._retire(done)
+            resolve = now >= self._due_at * (1 - _TIME_EPS)
+        if len(self._p_time):
+            due = self._p_time <= now * (1 + _TIME_EPS) + 1e-18
+            if due.any():
+                self._start(due, now)
+                resolve = True
+        if resolve:
+            self._solve(now)
+
+    def _retire(self, done: np.ndarray) -> None:
+        fin = self._finish[done]
+        bids = self._batch[done]
+        idx = self._idx[done]
+        self._freed_since_solve += np.bincount(
+            self._paths[done].ravel(), weights=np.repeat(self._rate[done], self._paths.shape[1]),
+            minlength=len(self.capacity))
+        keep = ~done
+        for name in ("_paths", "_rem", "_rate", "_batch", "_idx", "_finish"):
+            setattr(self, name, getattr(self, name)[keep])
+        self._complete(bids, idx, fin)
+
+    def _complete(self, bids: np.ndarray, idx: np.ndarray, fin: np.ndarray) -> None:
+        for bid in np.unique(bids):
+            m = bids == bid
+            b = self._batches[int(bid)]
+            b.finish_s[idx[m]] = fin[m]
+            b.left -= int(m.sum())
+            if b.left == 0:
+                del self._batches[int(bid)]
+                b.event.succeed(Transfer(b.start_s, b.finish_s, b.nbytes))
+
+    def _start(self, due: np.ndarray, now: float) -> None:
+        zero = due & (self._p_bytes <= 0)
+        if zero.any():
+            self._complete(self._p_batch[zero], self._p_idx[zero], self._p_time[zero])
+        go = due & ~zero
+        self._paths = np.vstack([self._paths, self._p_paths[go]])
+        self._rem = np.concatenate([self._rem, self._p_bytes[go]])
+        self._batch = np.concatenate([self._batch, self._p_batch[go]])
+        self._idx = np.concatenate([self._idx, self._p_idx[go]])
+        keep = ~due
+        for name in ("_p_time", "_p_paths", "_p_bytes", "_p_batch", "_p_idx"):
+            setattr(self, name, getattr(self, name)[keep])
+
+    def _solve(self, now: float) -> None:
+        self._rate, rounds = max_min_rates(self._paths, self.capacity, self.options.rate_tolerance)
+        self.stats.recomputes += 1
+        self.stats.filling_rounds += rounds
+        self.stats.peak_active_flows = max(self.stats.peak_active_flows, len(self._rate))
+        self._finish = now + self._rem / self._rate
+        self._solved_at = now
+        self._freed_since_solve = np.zeros(len(self.capacity))
+
+    # ----------------------------------------------------------------- helpers
+    def _widen(self, h: int) -> tuple[np.ndarray, np.ndarray]:
+        cur = self._paths.shape[1]
+        if h <= cur:
+            return self._p_paths, self._paths
+        return self._pad(self._p_paths, h), self._pad(self._paths, h)
+
+    def _pad(self, a: np.ndarray, h: int) -> np.ndarray:
+        if a.shape[1] >= h:
+            return a
+        fill = np.full((len(a), h - a.shape[1]), len(self.capacity) - 1, dtype=np.int32)
+        return np.hstack([a.astype(np.int32), fill])

@@ -1,0 +1,187 @@
+"""Routes between GPU ranks: equal-cost shortest paths, one deterministic path per (src, dst).
+
+Cost of a link = its latency (rounded to 1 ns) plus a one-hop tie-breaker, so the fastest path
+wins and among equally fast paths the one with fewer hops wins. GPUs are endpoints: a path may
+start or end at a GPU but never passes through one (NCCL's PXN relaying is a collective-level
+choice, not a routing one). Where several next hops are equally short (ECMP), one is chosen per
+flow by
+
+* ``dmodk`` (default): destination-mod-k, the static routing InfiniBand fat trees use: at the
+  first choice point the flow takes candidate ``dst % k1``, at the next ``(dst // k1) % k2`` and so
+  on. All-to-All and ring traffic spread evenly over the up-links of a fat tree.
+* ``hash``: a hash of (src, dst, hop), like Ethernet 5-tuple ECMP; collisions happen as in life.
+
+Routes are computed vectorized, one hop for all requested pairs at a time, and cached per pair,
+so the second collective between the same GPUs costs one gather.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from sim.topology.cluster import GPU, Cluster
+
+ECMP_MODES = ("dmodk", "hash")
+_HOP_COST = 1.0  # tie-breaker added per hop, in units of 1/1024 ns
+_NS_SCALE = 1024.0
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (a good, cheap integer hash)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _unique(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique values of non-negative ``keys`` < ``size``, and the inverse index.
+
+    Uses a dense table (linear time) when ``size`` is moderate, else sorting.
+    """
+    if size > 64 * max(len(keys), 1 << 20):
+        return np.unique(keys, return_inverse=True)
+    mark = np.zeros(size, dtype=bool)
+    mark[keys] = True
+    uniq = np.flatnonzero(mark)
+    table = np.empty(size, dtype=np.int64)
+    table[uniq] = np.arange(len(uniq))
+    return uniq, table[keys]
+
+
+class Routes:
+    """Path table for one cluster. ``dummy`` is the padding link id (== number of links)."""
+
+    def __init__(self, cluster: Cluster, ecmp: str = "dmodk"):
+        if ecmp not in ECMP_MODES:
+            raise ValueError(f"ecmp must be one of {', '.join(ECMP_MODES)}, got {ecmp!r}")
+        self.cluster = cluster
+        self.ecmp = ecmp
+        links = cluster.links
+        self.num_links = len(links)
+        self.dummy = self.num_links
+        self.num_gpus = p = cluster.num_gpus
+        self._n_nodes = n_nodes = len(cluster.node_names)
+        kinds = np.array([cluster.graph.nodes[n]["kind"] for n in cluster.node_names])
+        self._cost = np.round(links.latency_s * 1e9) * _NS_SCALE + _HOP_COST
+        # CSR of out-links per node (links are sorted by (src, dst)).
+        self._out_ptr = np.searchsorted(links.src, np.arange(n_nodes + 1)).astype(np.int64)
+        # transit nodes (switches, NICs) and their index among transit nodes
+        transit = np.flatnonzero(kinds != GPU)
+        self._tr_index = np.full(n_nodes, -1, dtype=np.int64)
+        self._tr_index[transit] = np.arange(len(transit))
+        both = (self._tr_index[links.src] >= 0) & (self._tr_index[links.dst] >= 0)
+        t = len(transit)
+        adj = csr_matrix(
+            (self._cost[both], (self._tr_index[links.src[both]], self._tr_index[links.dst[both]])),
+            shape=(t, t),
+        )
+        d_tt = dijkstra(adj, directed=True) if t else np.zeros((0, 0))
+        # distance from every transit node to every GPU: min over links (a -> gpu) with a transit
+        self._dist_tg = np.full((t, p), np.inf)
+        into_gpu = np.flatnonzero((self._tr_index[links.src] >= 0) & (links.dst < p))
+        for e in into_gpu:  # one column update per GPU attachment (a few per GPU)
+            a, g = self._tr_index[links.src[e]], links.dst[e]
+            np.minimum(self._dist_tg[:, g], d_tt[:, a] + self._cost[e], out=self._dist_tg[:, g])
+        self._route_of = np.full(p * p, -1, dtype=np.int64)
+        self._table = np.zeros((0, 1), dtype=np.int32)
+        self._latency = np.zeros(0)
+
+    # ------------------------------------------------------------------ public
+    def paths(self, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Link ids (F, H) padded with ``dummy``, and path latency (F,) in s, for rank pairs."""
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        key = src * self.num_gpus + dst
+        rid = self._route_of[key]
+        missing = rid < 0
+        if missing.any():
+            new_keys, _ = _unique(key[missing], self.num_gpus * self.num_gpus)
+            self._add(new_keys // self.num_gpus, new_keys % self.num_gpus)
+            rid = self._route_of[key]
+        return self._table[rid], self._latency[rid]
+
+    @property
+    def max_hops(self) -> int:
+        return self._table.shape[1]
+
+    # ----------------------------------------------------------------- compute
+    def _add(self, src: np.ndarray, dst: np.ndarray) -> None:
+        if np.any(src == dst):
+            raise ValueError("a route needs two different GPUs")
+        hops = self._compute(src, dst)
+        h_old, h_new = self._table.shape[1], hops.shape[1]
+        if h_new > h_old:
+            pad = np.full((len(self._table), h_new - h_old), self.dummy, dtype=np.int32)
+            self._table = np.hstack([self._table, pad])
+        elif h_new < h_old:
+            pad = np.full((len(hops), h_old - h_new), self.dummy, dtype=np.int32)
+            hops = np.hstack([hops, pad])
+        lat = np.append(self.cluster.links.latency_s, 0.0)[hops].sum(axis=1)
+        start = len(self._table)
+        self._table = np.vstack([self._table, hops]) if start else hops
+        self._latency = np.concatenate([self._latency, lat])
+        self._route_of[src * self.num_gpus + dst] = np.arange(start, start + len(src))
+
+    def _compute(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """One vectorized next-hop step per hop for all flows; returns (F, H) link ids."""
+        links = self.cluster.links
+        p = self.num_gpus
+        n = len(src)
+        cur = src.copy()
+        alive = np.arange(n)
+        radix = np.ones(n, dtype=np.int64)  # product of earlier ECMP fan-outs (d-mod-k)
+        columns: list[np.ndarray] = []
+        hop = 0
+        while len(alive):
+            c, t = cur[alive], dst[alive]
+            if (self._out_ptr[c + 1] - self._out_ptr[c]).max() <= 4:
+                # few out-links (a GPU or a NIC): decide per flow, no grouping needed
+                kc, kt, inv = c, t, np.arange(len(c))
+            else:  # group flows by (node, destination): they share the candidate set
+                keys, inv = _unique(c * p + t, self._n_nodes * p)
+                kc, kt = keys // p, keys % p
+            # expand each key over the out-links of its current node
+            deg = self._out_ptr[kc + 1] - self._out_ptr[kc]
+            kid = np.repeat(np.arange(len(kc)), deg)
+            first = np.repeat(self._out_ptr[kc], deg)
+            offs = np.arange(len(kid)) - np.repeat(np.cumsum(deg) - deg, deg)
+            edge = first + offs
+            w = links.dst[edge]
+            tw = self._tr_index[w]
+            dist_w = np.where(w == kt[kid], 0.0, np.inf)
+            via = tw >= 0
+            dist_w[via] = self._dist_tg[tw[via], kt[kid][via]]
+            total = self._cost[edge] + dist_w
+            best = np.full(len(kc), np.inf)
+            np.minimum.at(best, kid, total)
+            if not np.all(np.isfinite(best)):
+                bad = int(np.flatnonzero(~np.isfinite(best))[0])
+                names = self.cluster.node_names
+                raise ValueError(f"no route from {names[kc[bad]]} to GPU {names[kt[bad]]}")
+            ok = total == best[kid]
+            cand = edge[ok]
+            cnt = np.bincount(kid[ok], minlength=len(kc))
+            off = np.cumsum(cnt) - cnt
+            fc = cnt[inv]
+            if self.ecmp == "dmodk":
+                choice = (t // radix[alive]) % fc
+                radix[alive] *= fc
+            else:
+                h = _mix64((src[alive].astype(np.uint64) * np.uint64(p) + t.astype(np.uint64))
+                           * np.uint64(64) + np.uint64(hop))
+                choice = (h % fc.astype(np.uint64)).astype(np.int64)
+            chosen = cand[off[inv] + choice]
+            col = np.full(n, self.dummy, dtype=np.int32)
+            col[alive] = chosen
+            columns.append(col)
+            cur[alive] = links.dst[chosen]
+            alive = alive[cur[alive] != dst[alive]]
+            hop += 1
+        return np.stack(columns, axis=1)

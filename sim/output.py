@@ -1,0 +1,120 @@
+"""Run outputs: atomic run directories, the benchmark summary and its nccl-tests style table.
+
+A run directory appears complete or not at all: files are written into a hidden sibling
+directory which is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sim.errors import UserError
+
+
+def _plain(obj: Any) -> Any:
+    """JSON fallback for numpy scalars/arrays and paths."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def to_json(data: Any) -> str:
+    """Pretty JSON with a trailing newline (numpy values become plain numbers)."""
+    return json.dumps(data, indent=2, default=_plain) + "\n"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Raise ``UserError`` unless ``out_dir`` is absent or an empty directory (never overwrite)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{out_dir}: exists and is not an empty directory; choose another --out")
+
+
+def default_run_dir(name: str, root: Path = Path("runs"), now: datetime | None = None) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that already exists."""
+    base = f"{name}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    path, n = Path(root) / base, 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{base}-{n}"
+    return path
+
+
+def write_run(out_dir: Path, files: Mapping[str, str | bytes | dict | list]) -> Path:
+    """Write ``files`` (relative name -> content) into ``out_dir`` atomically; return ``out_dir``.
+
+    Strings are written as UTF-8 text, bytes as they are, dicts and lists as pretty JSON. The
+    directory must not exist yet (or be empty). On any failure nothing is left behind.
+    """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    for name in files:
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+            raise ValueError(f"output file name must be relative and inside the run: {name!r}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        for name, content in files.items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            elif isinstance(content, str):
+                target.write_text(content, encoding="utf-8")
+            else:
+                target.write_text(to_json(content), encoding="utf-8")
+        try:
+            os.replace(tmp, out_dir)
+        except OSError as e:
+            raise UserError(f"{out_dir}: cannot create run directory: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def benchmark_summary(scenario: Any, cluster: Any, results: Sequence[Mapping]) -> dict:
+    """The ``summary.json`` of a collective benchmark: scenario (after overrides), cluster, rows.
+
+    Rates in ``results`` are ``*_gbps``: gigabits per second, as everywhere in moe-sim.
+    """
+    return {
+        "scenario": scenario.model_dump(mode="json"),
+        "cluster": {
+            "name": cluster.name,
+            "gpus": int(cluster.num_gpus),
+            "nodes": int(cluster.num_nodes),
+        },
+        "results": [dict(r) for r in results],
+    }
+
+
+def format_benchmark_table(scenario: Any, cluster: Any, results: Sequence[Mapping]) -> str:
+    """An nccl-tests style table: size (B), time (us), algbw and busbw in GB/s (bytes!)."""
+    b = scenario.benchmark
+    traffic = f"zipf({b.zipf_exponent:g})" if b.traffic == "zipf" else b.traffic
+    nodes = f"{cluster.num_nodes} node" + ("s" if cluster.num_nodes != 1 else "")
+    lines = [
+        f"# {scenario.name}: {b.collective} ({b.algorithm}, {traffic} traffic) "
+        f"on {cluster.name}: {cluster.num_gpus} GPUs on {nodes}",
+        "# GB/s = 10^9 bytes/s as in nccl-tests; summary.json has these rates in Gbit/s (*_gbps)",
+        "#",
+        f"# {'size(B)':>12} {'time(us)':>12} {'algbw(GB/s)':>12} {'busbw(GB/s)':>12}",
+    ]
+    for r in results:
+        lines.append(
+            f"  {int(r['bytes_per_rank']):>12d} {r['time_s'] * 1e6:>12.2f} "
+            f"{r['algbw_gbps'] / 8:>12.2f} {r['busbw_gbps'] / 8:>12.2f}"
+        )
+    return "\n".join(lines)

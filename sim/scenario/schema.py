@@ -1,0 +1,201 @@
+"""Scenario models: what a scenario file may say, validated once and frozen.
+
+A scenario names a topology (plus overrides of that topology file's fields), the fabric model
+settings and what to run. Today "what to run" is a collective ``benchmark``; later sections
+(``model``, ``parallel``, ``routing``) sit beside it as further optional fields of
+:class:`Scenario`.
+
+Units are in field names (``message_overhead_us``); sizes are bytes, given as integers or
+strings such as ``"16MiB"`` (see :func:`sim.units.parse_bytes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sim.units import parse_bytes
+
+#: Collective name -> the algorithms implemented for it; the first one is the default.
+COLLECTIVES: dict[str, tuple[str, ...]] = {
+    "all_to_all": ("direct", "pairwise", "hierarchical"),
+    "all_reduce": ("ring",),
+    "all_gather": ("ring",),
+}
+
+#: Collectives whose traffic may be skewed (per-destination sizes differ).
+SKEWABLE = ("all_to_all",)
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
+class StrictModel(BaseModel):
+    """Base of every scenario section: unknown keys rejected, frozen, no silent type coercion.
+
+    An empty YAML value (``fabric:`` with everything commented out) means "use the default".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in fields and not fields[k].is_required())
+            }
+        return data
+
+
+def _byte_count(value: Any) -> int:
+    try:
+        n = parse_bytes(value)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "must be a byte count such as 4096, '64KiB', '16MiB' or '1GB'"
+        ) from None
+    if n <= 0:
+        raise ValueError("must be a positive byte count")
+    return n
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+ByteCount = Annotated[int, BeforeValidator(_byte_count)]
+
+
+class TopologyRef(BaseModel):
+    """A topology file by ``name``; every other key overrides a field of that file.
+
+    The overrides are checked by the topology schema when the topology is loaded, not here.
+    A bare string ``topology: dgx-h100`` means ``{name: dgx-h100}``.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    SHORTHAND_KEY: ClassVar[str] = "name"  # a bare string means {SHORTHAND_KEY: string}
+
+    name: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {cls.SHORTHAND_KEY: data} if isinstance(data, str) else data
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The keys other than ``name``, as given."""
+        return dict(self.model_extra or {})
+
+
+class Fabric(StrictModel):
+    """Settings of the flow-level network model."""
+
+    message_overhead_us: float = Field(0.0, ge=0)
+    """Start-up cost added to every flow, microseconds."""
+    ecmp: Literal["dmodk", "hash"] = "dmodk"
+    """How flows pick among equal-cost shortest paths."""
+    rate_tolerance: float = Field(0.001, ge=0, le=0.5)
+    """Relative rate change below which max-min rates are not re-solved (0 = always re-solve)."""
+
+
+class Benchmark(StrictModel):
+    """An nccl-tests style sweep of one collective over message sizes."""
+
+    collective: Literal["all_to_all", "all_reduce", "all_gather"]
+    algorithm: str | None = Field(None, validate_default=True)
+    """One of ``COLLECTIVES[collective]``; defaults to the first."""
+    sizes: Annotated[tuple[ByteCount, ...], BeforeValidator(_as_tuple), Field(min_length=1)]
+    """Bytes per rank, one benchmark row each."""
+    traffic: Literal["uniform", "zipf"] = "uniform"
+    """``zipf``: per-destination sizes follow a Zipf law (all_to_all only)."""
+    zipf_exponent: float = Field(1.1, gt=0)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = COLLECTIVES.get(info.data.get("collective", ""))
+        if allowed is None:  # collective itself is invalid and reported on its own
+            return value
+        if value is None:
+            return allowed[0]
+        if value not in allowed:
+            raise ValueError(
+                f"must be one of {', '.join(allowed)} for {info.data['collective']}"
+            )
+        return value
+
+    @field_validator("traffic")
+    @classmethod
+    def _traffic_fits(cls, value: str, info: ValidationInfo) -> str:
+        collective = info.data.get("collective")
+        if value != "uniform" and collective is not None and collective not in SKEWABLE:
+            raise ValueError(
+                f"{value} traffic is only for {', '.join(SKEWABLE)}; {collective} needs uniform"
+            )
+        return value
+
+
+class Scenario(StrictModel):
+    """A whole scenario file. Sections are added here as the simulator grows."""
+
+    name: str = Field("scenario", pattern=NAME_PATTERN)
+    """Defaults to the file's stem; used in output directory names."""
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    topology: TopologyRef
+    fabric: Fabric = Fabric()
+    benchmark: Benchmark
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class a field holds (also through ``X | None``), or None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = section_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def field_at(model: type[BaseModel], path: Sequence[str | int]) -> tuple[type[BaseModel], Any]:
+    """Walk ``path`` (list indices skipped) from ``model``: the model holding the last key, and
+    that key's ``FieldInfo`` (None when the key is not a field there).
+
+    Below a free-form key of a model that allows extra keys (``topology.<override>``) the walk
+    stops there and returns that model with None. Raises ``KeyError`` naming the offending
+    prefix when the walk leaves the schema before the last key (an unknown section, or a plain
+    value used as a section).
+    """
+    keys = [k for k in path if isinstance(k, str)]
+    for i, key in enumerate(keys):
+        info = model.model_fields.get(key)
+        if i == len(keys) - 1 or (info is None and model.model_config.get("extra") == "allow"):
+            return model, info
+        sub = section_model(info.annotation) if info is not None else None
+        if sub is None:
+            raise KeyError(".".join(keys[: i + 1]))
+        model = sub
+    raise KeyError("")
+
+
+def literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal[...]`` annotation (also through ``X | None``)."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return tuple(v for arg in get_args(annotation) for v in literal_values(arg))
