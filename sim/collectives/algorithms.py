@@ -106,11 +106,21 @@ def ring_all_gather(fabric: Fabric, nbytes: float) -> Generator:
                              fabric.cluster.num_gpus - 1))
 
 
+def ring_order(cluster) -> np.ndarray:
+    """Ranks in ring order: node by node, local ranks ascending on even nodes and descending on
+    odd ones (a snake), so every hop between nodes joins GPUs of the same local rank, i.e. the
+    same NIC rail, as NCCL's rings do. With an odd number of nodes the closing hop is the
+    exception."""
+    key_local = np.where(cluster.node_of % 2 == 0, cluster.local_rank, -cluster.local_rank)
+    return np.lexsort((key_local, cluster.node_of))
+
+
 def _ring(fabric: Fabric, chunk: float, steps: int) -> Generator:
     t0 = fabric.env.now
-    p = fabric.cluster.num_gpus
-    ranks = np.arange(p)
-    nxt = (ranks + 1) % p
+    order = ring_order(fabric.cluster)
+    ranks = order
+    nxt = np.roll(order, -1)
+    p = len(order)
     sizes = np.full(p, float(chunk))
     for _ in range(steps):
         yield from _send(fabric, ranks, nxt, sizes)

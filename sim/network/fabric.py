@@ -37,7 +37,7 @@ class FabricOptions:
     """Fabric knobs, SI units. ``rate_tolerance`` in [0, 0.5]; 0 is exact (see module doc)."""
 
     message_overhead_s: float = 0.0
-    ecmp: str = "dmodk"
+    ecmp: str = "modk"
     rate_tolerance: float = 1e-3
 
 

@@ -6,9 +6,10 @@ start or end at a GPU but never passes through one (NCCL's PXN relaying is a col
 choice, not a routing one). Where several next hops are equally short (ECMP), one is chosen per
 flow by
 
-* ``dmodk`` (default): destination-mod-k, the static routing InfiniBand fat trees use: at the
-  first choice point the flow takes candidate ``dst % k1``, at the next ``(dst // k1) % k2`` and so
-  on. All-to-All and ring traffic spread evenly over the up-links of a fat tree.
+* ``modk`` (default): static, like InfiniBand's destination-mod-k, but keyed on
+  ``src + dst``: at the first choice point the flow takes candidate ``(src + dst) % k1``, at the
+  next ``((src + dst) // k1) % k2`` and so on. A uniform All-to-All then loads every up-link of
+  a fat tree equally (the traffic of each leaf pair rides one spine, a different one per pair).
 * ``hash``: a hash of (src, dst, hop), like Ethernet 5-tuple ECMP; collisions happen as in life.
 
 Routes are computed vectorized, one hop for all requested pairs at a time, and cached per pair,
@@ -23,7 +24,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from sim.topology.cluster import GPU, Cluster
 
-ECMP_MODES = ("dmodk", "hash")
+ECMP_MODES = ("modk", "hash")
 _HOP_COST = 1.0  # tie-breaker added per hop, in units of 1/1024 ns
 _NS_SCALE = 1024.0
 
@@ -58,7 +59,7 @@ def _unique(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 class Routes:
     """Path table for one cluster. ``dummy`` is the padding link id (== number of links)."""
 
-    def __init__(self, cluster: Cluster, ecmp: str = "dmodk"):
+    def __init__(self, cluster: Cluster, ecmp: str = "modk"):
         if ecmp not in ECMP_MODES:
             raise ValueError(f"ecmp must be one of {', '.join(ECMP_MODES)}, got {ecmp!r}")
         self.cluster = cluster
@@ -136,7 +137,7 @@ class Routes:
         n = len(src)
         cur = src.copy()
         alive = np.arange(n)
-        radix = np.ones(n, dtype=np.int64)  # product of earlier ECMP fan-outs (d-mod-k)
+        radix = np.ones(n, dtype=np.int64)  # product of earlier ECMP fan-outs (mod-k)
         columns: list[np.ndarray] = []
         hop = 0
         while len(alive):
@@ -170,8 +171,8 @@ class Routes:
             cnt = np.bincount(kid[ok], minlength=len(kc))
             off = np.cumsum(cnt) - cnt
             fc = cnt[inv]
-            if self.ecmp == "dmodk":
-                choice = (t // radix[alive]) % fc
+            if self.ecmp == "modk":
+                choice = ((src[alive] + t) // radix[alive]) % fc
                 radix[alive] *= fc
             else:
                 h = _mix64((src[alive].astype(np.uint64) * np.uint64(p) + t.astype(np.uint64))
