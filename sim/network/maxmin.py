@@ -37,29 +37,29 @@ def max_min_rates(
     if n_flows == 0:
         return rates, 0
     residual = capacity.astype(float, copy=True)
-    count = np.bincount(paths.ravel(), minlength=n_links).astype(float)
+    p = np.ascontiguousarray(paths.T)  # (H, F): row-wise reductions are much faster
+    count = np.bincount(p.ravel(), minlength=n_links).astype(float)
     count[-1] = 0.0
     live = np.arange(n_flows)
-    p = paths
+    slack = 1.0 + tolerance
     rounds = 0
     while len(live):
         rounds += 1
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(count > 0, np.maximum(residual, 0.0) / count, np.inf)
-        s = share[p]
-        fmin = s.min(axis=1)
-        # a link is not a bottleneck if some flow on it has a smaller share elsewhere
-        worse = s > fmin[:, None] * (1.0 + tolerance)
-        not_bott = np.bincount(p[worse], minlength=n_links)
-        bottleneck = (not_bott == 0) & (count > 0)
-        frozen = bottleneck[p].any(axis=1)
+        fmin = share[p].min(axis=0)
+        # a link is a bottleneck if no flow on it has a (much) smaller share elsewhere
+        link_min = np.full(n_links, np.inf)
+        np.minimum.at(link_min, p.ravel(), np.tile(fmin, n_hops))
+        bottleneck = (link_min * slack >= share) & (count > 0)
+        frozen = bottleneck[p].any(axis=0)
         fr = fmin[frozen]
         rates[live[frozen]] = fr
-        pf = p[frozen]
-        residual -= np.bincount(pf.ravel(), weights=np.repeat(fr, n_hops), minlength=n_links)
-        count -= np.bincount(pf.ravel(), minlength=n_links)
+        pf = p[:, frozen].ravel()
+        residual -= np.bincount(pf, weights=np.tile(fr, n_hops), minlength=n_links)
+        count -= np.bincount(pf, minlength=n_links)
         count[-1] = 0.0
         keep = ~frozen
         live = live[keep]
-        p = p[keep]
+        p = p[:, keep]
     return rates, rounds

@@ -109,7 +109,7 @@ class Fabric(StrictModel):
     """Start-up cost added to every flow, microseconds."""
     ecmp: Literal["modk", "hash"] = "modk"
     """How flows pick among equal-cost shortest paths."""
-    rate_tolerance: float = Field(0.001, ge=0, le=0.5)
+    rate_tolerance: float = Field(0.003, ge=0, le=0.5)
     """Relative rate change below which max-min rates are not re-solved (0 = always re-solve)."""
 
 
