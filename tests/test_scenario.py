@@ -76,7 +76,7 @@ def test_good_scenario_values(tmp_path):
     sc = load_scenario(write(tmp_path, GOOD))
     assert sc.name == "good" and sc.seed == 3
     assert sc.fabric.message_overhead_us == 1.5 and sc.fabric.ecmp == "hash"
-    assert sc.fabric.rate_tolerance == 0.001  # default
+    assert sc.fabric.rate_tolerance == 0.003  # default
     assert sc.benchmark.sizes == (1048576, 4096, 1536)
     assert sc.benchmark.traffic == "uniform"
     assert topology_overrides(sc) == ("dgx-h100", {})

@@ -12,15 +12,9 @@ from sim.collectives import algorithms, traffic
 from sim.collectives.metrics import algbw_bytes_per_s, busbw_bytes_per_s
 from sim.network import Fabric, FabricOptions, FabricStats, Routes
 from sim.rng import stream
+from sim.scenario.schema import COLLECTIVES  # names only; the schema validates against them
 from sim.topology.cluster import Cluster
 from sim.units import bytes_per_s_to_gbps, us_to_s
-
-COLLECTIVES: dict[str, tuple[str, ...]] = {
-    "all_to_all": ("direct", "pairwise", "hierarchical"),
-    "all_reduce": ("ring",),
-    "all_gather": ("ring",),
-}
-
 
 @dataclass
 class CollectiveResult:

@@ -14,8 +14,9 @@ completion time is exact for the rates in force, and departed flows leave their 
 A re-solve is due once (a) the bandwidth freed on some link exceeds ``tol`` of its capacity and
 (b) ``tol`` x the horizon has passed since the last solve (horizon: the age of the oldest flow in
 flight, or a lower bound on the time to drain what is in flight, whichever is larger). Solves
-use the same ``tol`` to freeze links whose fair shares are within a factor ``1 + tol``
-(``max_min_rates``). The allocation is always feasible (no link above 100 %) and flows are only
+freeze together links whose fair shares are within a factor ``1 + min(10 tol, 0.1)``
+(``max_min_rates``), which halves the filling rounds of skewed traffic; the capacity this
+leaves unused lasts only until the next solve and barely moves the error. The allocation is always feasible (no link above 100 %) and flows are only
 ever late, never early: measured against the exact model, collective times come out late by
 about 1.3 x ``tol`` (``benchmarks/bench_fabric.py``); the default 0.003 gives about 0.4 %.
 Flows that finish at the same instant finish as one batch.
@@ -33,6 +34,7 @@ from sim.network.routing import Routes
 from sim.topology.cluster import Cluster
 
 _TIME_EPS = 1e-12  # relative tolerance for "finishes at the same instant"
+_FILL_FACTOR = 10.0  # solves freeze links within 1 + min(10 tol, 0.1) of the local minimum share
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,8 @@ class Fabric:
             setattr(self, name, getattr(self, name)[keep])
 
     def _solve(self, now: float) -> None:
-        self._rate, rounds = max_min_rates(self._paths, self.capacity, self.options.rate_tolerance)
+        fill = min(_FILL_FACTOR * self.options.rate_tolerance, 0.1)
+        self._rate, rounds = max_min_rates(self._paths, self.capacity, fill)
         self.stats.recomputes += 1
         self.stats.filling_rounds += rounds
         self.stats.peak_active_flows = max(self.stats.peak_active_flows, len(self._rate))
