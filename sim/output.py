@@ -104,9 +104,10 @@ def format_benchmark_table(scenario: Any, cluster: Any, results: Sequence[Mappin
     """An nccl-tests style table: size (B), time (us), algbw and busbw in GB/s (bytes!)."""
     b = scenario.benchmark
     traffic = f"zipf({b.zipf_exponent:g})" if b.traffic == "zipf" else b.traffic
+    what = f"{b.algorithm}, {traffic} traffic" if b.collective == "all_to_all" else b.algorithm
     nodes = f"{cluster.num_nodes} node" + ("s" if cluster.num_nodes != 1 else "")
     lines = [
-        f"# {scenario.name}: {b.collective} ({b.algorithm}, {traffic} traffic) "
+        f"# {scenario.name}: {b.collective} ({what}) "
         f"on {cluster.name}: {cluster.num_gpus} GPUs on {nodes}",
         "# GB/s = 10^9 bytes/s as in nccl-tests; summary.json has these rates in Gbit/s (*_gbps)",
         "#",

@@ -73,12 +73,12 @@ def test_fair_share_properties(inst):
     paths, cap = _instance(caps, flows)
     rates, _ = max_min_rates(paths, cap)
     load = np.zeros(len(caps))
-    for f, r in zip(flows, rates):
+    for f, r in zip(flows, rates, strict=True):
         load[f] += r
     # feasible: no link above capacity
     assert np.all(load <= np.asarray(caps) * (1 + 1e-9))
     # every flow has a saturated link on which its rate is the largest
-    for f, r in zip(flows, rates):
+    for f, r in zip(flows, rates, strict=True):
         ok = False
         for lk in f:
             on = [rates[j] for j, g in enumerate(flows) if lk in g]

@@ -16,6 +16,7 @@ from sim.scenario.schema import COLLECTIVES  # names only; the schema validates 
 from sim.topology.cluster import Cluster
 from sim.units import bytes_per_s_to_gbps, us_to_s
 
+
 @dataclass
 class CollectiveResult:
     """One simulated collective: duration (s), fabric counters, wall time of the simulation (s)."""

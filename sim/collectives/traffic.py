@@ -10,7 +10,9 @@ def uniform(ranks: int, bytes_per_rank: float) -> np.ndarray:
     return np.full((ranks, ranks), bytes_per_rank / ranks)
 
 
-def zipf(ranks: int, bytes_per_rank: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
+def zipf(
+    ranks: int, bytes_per_rank: float, exponent: float, rng: np.random.Generator
+) -> np.ndarray:
     """Skewed alltoallv: each rank splits the same off-node total over its peers by Zipf weights.
 
     Row s gives peer k-th in a random order the weight 1 / k**exponent; every row sends

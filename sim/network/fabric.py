@@ -16,9 +16,10 @@ A re-solve is due once (a) the bandwidth freed on some link exceeds ``tol`` of i
 flight, or a lower bound on the time to drain what is in flight, whichever is larger). Solves
 freeze together links whose fair shares are within a factor ``1 + min(10 tol, 0.1)``
 (``max_min_rates``), which halves the filling rounds of skewed traffic; the capacity this
-leaves unused lasts only until the next solve and barely moves the error. The allocation is always feasible (no link above 100 %) and flows are only
-ever late, never early: measured against the exact model, collective times come out late by
-about 1.3 x ``tol`` (``benchmarks/bench_fabric.py``); the default 0.003 gives about 0.4 %.
+leaves unused lasts only until the next solve and barely moves the error. The allocation is
+always feasible (no link above 100 %) and flows are only ever late, never early: measured
+against the exact model, collective times come out late by 1-2 x ``tol``
+(``benchmarks/bench_fabric.py``); the default 0.003 gives about 0.3-0.6 %.
 Flows that finish at the same instant finish as one batch.
 """
 
@@ -158,7 +159,8 @@ class Fabric:
             minlength=len(self.capacity))
         self._p_paths, self._paths = self._widen(paths.shape[1])
         paths = self._pad(paths, self._paths.shape[1])
-        self._p_time = np.concatenate([self._p_time, now + latency + self.options.message_overhead_s])
+        start = now + latency + self.options.message_overhead_s
+        self._p_time = np.concatenate([self._p_time, start])
         self._p_paths = np.vstack([self._p_paths, paths])
         self._p_bytes = np.concatenate([self._p_bytes, nbytes[net]])
         self._p_batch = np.concatenate([self._p_batch, np.full(len(net), bid)])
@@ -318,7 +320,8 @@ class Fabric:
         self._finish = now + self._rem / self._rate
         self._solved_at = self._advanced_at = now
         # lower bound on the time to drain what is in flight: the busiest link at full speed
-        backlog = np.bincount(self._paths.ravel(), weights=np.repeat(self._rem, self._paths.shape[1]),
+        h = self._paths.shape[1]
+        backlog = np.bincount(self._paths.ravel(), weights=np.repeat(self._rem, h),
                               minlength=len(self.capacity))
         self._drain_s = float((backlog / self.capacity).max()) if len(self._rem) else 0.0
         self._freed_since_solve = np.zeros(len(self.capacity))
