@@ -75,12 +75,20 @@ def nvswitch(gpus: int = 8, *, bandwidth_Bps: float, latency_s: float, node: int
 
     ``bandwidth_Bps`` is the per-GPU NVLink bandwidth per direction (H100: 450e9).
     """
+    return _switched_server(gpus, bandwidth_Bps, latency_s, node, "nvsw", "nvswitch", "nvlink")
+
+
+def _switched_server(
+    gpus: int, bandwidth_Bps: float, latency_s: float, node: int, suffix: str, role: str,
+    tier: str,
+) -> nx.DiGraph:
+    """GPUs of one server, each joined to one switch ``n<node>.<suffix>`` by a duplex link."""
     _positive(gpus=gpus)
     g = nx.DiGraph()
-    sw = f"n{node}.nvsw"
-    g.add_node(sw, kind=SWITCH, role="nvswitch", node=node)
+    sw = f"n{node}.{suffix}"
+    g.add_node(sw, kind=SWITCH, role=role, node=node)
     for name in _add_gpus(g, node, gpus):
-        add_duplex(g, name, sw, bandwidth_Bps, latency_s, "nvlink")
+        add_duplex(g, name, sw, bandwidth_Bps, latency_s, tier)
     return g
 
 
@@ -136,13 +144,7 @@ def pcie(gpus: int = 8, *, bandwidth_Bps: float, latency_s: float, node: int = 0
            \\     |          /        one PCIe x16 link per GPU: bandwidth_Bps each way
             +-- n0.pcie ---+         (bytes/s, Gen4 ~32e9), latency_s per hop (s)
     """
-    _positive(gpus=gpus)
-    g = nx.DiGraph()
-    sw = f"n{node}.pcie"
-    g.add_node(sw, kind=SWITCH, role="pcie", node=node)
-    for name in _add_gpus(g, node, gpus):
-        add_duplex(g, name, sw, bandwidth_Bps, latency_s, "pcie")
-    return g
+    return _switched_server(gpus, bandwidth_Bps, latency_s, node, "pcie", "pcie", "pcie")
 
 
 # --------------------------------------------------------------------------- fat tree
