@@ -43,7 +43,7 @@ class FabricOptions:
     """Fabric knobs, SI units. ``rate_tolerance`` in [0, 0.5]; 0 is exact (see module doc)."""
 
     message_overhead_s: float = 0.0
-    ecmp: str = "modk"
+    ecmp: str = "balanced"
     rate_tolerance: float = 3e-3
 
 

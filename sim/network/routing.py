@@ -6,10 +6,11 @@ start or end at a GPU but never passes through one (NCCL's PXN relaying is a col
 choice, not a routing one). Where several next hops are equally short (ECMP), one is chosen per
 flow by
 
-* ``modk`` (default): static, like InfiniBand's destination-mod-k, but keyed on
-  ``src + dst``: at the first choice point the flow takes candidate ``(src + dst) % k1``, at the
-  next ``((src + dst) // k1) % k2`` and so on. A uniform All-to-All then loads every up-link of
-  a fat tree equally (the traffic of each leaf pair rides one spine, a different one per pair).
+* ``balanced`` (default): static and spread by construction. At each hop, the flows of one
+  routing request that sit at the same switch are grouped by destination; the r-th flow of a
+  group (by source rank) of the j-th destination (by rank) takes candidate ``(r + j) mod k``.
+  Uniform All-to-All, same-rail exchanges and rings all load equal-cost up-links evenly, the
+  way adaptive routing does on a well-tuned fabric.
 * ``hash``: a hash of (src, dst, hop), like Ethernet 5-tuple ECMP; collisions happen as in life.
 
 Routes are computed vectorized, one hop for all requested pairs at a time, and cached per pair,
@@ -24,7 +25,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from sim.topology.cluster import GPU, Cluster
 
-ECMP_MODES = ("modk", "hash")
+ECMP_MODES = ("balanced", "hash")
 _HOP_COST = 1.0  # tie-breaker added per hop, in units of 1/1024 ns
 _NS_SCALE = 1024.0
 
@@ -56,10 +57,37 @@ def _unique(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, table[keys]
 
 
+def _balanced_choice(c, att, t, src, fc) -> np.ndarray:
+    """Candidate index per flow for ``balanced`` ECMP.
+
+    Flows with several candidates are grouped by (switch ``c``, attachment switch of the
+    destination); inside a group, ordered by (destination, source), the r-th flow takes
+    candidate ``(r + (i + j) * q) mod k``, with q the group size and i, j the ordinals of the
+    switch and of the attachment. Each group spreads evenly over the candidates, and the groups'
+    remainders rotate both across destinations of one switch (balancing its up-links) and across
+    switches feeding one destination (balancing the down-links into it).
+    """
+    choice = np.zeros(len(c), dtype=np.int64)
+    multi = np.flatnonzero(fc > 1)
+    if not len(multi):
+        return choice
+    order = multi[np.lexsort((src[multi], t[multi], att[multi], c[multi]))]
+    cs, ats = c[order], att[order]
+    new = np.r_[True, (cs[1:] != cs[:-1]) | (ats[1:] != ats[:-1])]
+    start = np.flatnonzero(new)
+    size = np.diff(np.r_[start, len(order)])
+    r = np.arange(len(order)) - np.repeat(start, size)
+    q = np.repeat(size, size)
+    i = np.unique(cs, return_inverse=True)[1]
+    j = np.unique(ats, return_inverse=True)[1]
+    choice[order] = (r + (i + j) * q) % fc[order]
+    return choice
+
+
 class Routes:
     """Path table for one cluster. ``dummy`` is the padding link id (== number of links)."""
 
-    def __init__(self, cluster: Cluster, ecmp: str = "modk"):
+    def __init__(self, cluster: Cluster, ecmp: str = "balanced"):
         if ecmp not in ECMP_MODES:
             raise ValueError(f"ecmp must be one of {', '.join(ECMP_MODES)}, got {ecmp!r}")
         self.cluster = cluster
@@ -84,12 +112,23 @@ class Routes:
             shape=(t, t),
         )
         d_tt = dijkstra(adj, directed=True) if t else np.zeros((0, 0))
+        self._d_tt = d_tt
         # distance from every transit node to every GPU: min over links (a -> gpu) with a transit
         self._dist_tg = np.full((t, p), np.inf)
         into_gpu = np.flatnonzero((self._tr_index[links.src] >= 0) & (links.dst < p))
         for e in into_gpu:  # one column update per GPU attachment (a few per GPU)
             a, g = self._tr_index[links.src[e]], links.dst[e]
             np.minimum(self._dist_tg[:, g], d_tt[:, a] + self._cost[e], out=self._dist_tg[:, g])
+        # transit neighbours feeding each GPU, padded: (P, m) transit index and link cost
+        per_gpu = np.bincount(links.dst[into_gpu], minlength=p)
+        m = max(int(per_gpu.max()) if p else 1, 1)
+        self._in_a = np.full((p, m), -1, dtype=np.int64)
+        self._in_c = np.full((p, m), np.inf)
+        order = into_gpu[np.argsort(links.dst[into_gpu], kind="stable")]
+        gpu = links.dst[order]
+        slot = np.arange(len(order)) - np.repeat(np.cumsum(per_gpu) - per_gpu, per_gpu)
+        self._in_a[gpu, slot] = self._tr_index[links.src[order]]
+        self._in_c[gpu, slot] = self._cost[order]
         self._route_of = np.full(p * p, -1, dtype=np.int64)
         self._table = np.zeros((0, 1), dtype=np.int32)
         self._latency = np.zeros(0)
@@ -130,6 +169,19 @@ class Routes:
         self._latency = np.concatenate([self._latency, lat])
         self._route_of[src * self.num_gpus + dst] = np.arange(start, start + len(src))
 
+    def _attachment(self, c: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The switch that delivers to GPU ``t`` on the shortest path from node ``c`` (or ``t``
+        itself when ``c`` is not a switch)."""
+        tc = self._tr_index[c]
+        att = t.copy()
+        sw = np.flatnonzero(tc >= 0)
+        if len(sw):
+            a = self._in_a[t[sw]]
+            cost = np.where(a >= 0, self._d_tt[tc[sw][:, None], np.maximum(a, 0)], np.inf)
+            best = np.argmin(cost + self._in_c[t[sw]], axis=1)
+            att[sw] = self._n_nodes + a[np.arange(len(sw)), best]  # offset: never equals a GPU
+        return att
+
     def _compute(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         """One vectorized next-hop step per hop for all flows; returns (F, H) link ids."""
         links = self.cluster.links
@@ -137,7 +189,6 @@ class Routes:
         n = len(src)
         cur = src.copy()
         alive = np.arange(n)
-        radix = np.ones(n, dtype=np.int64)  # product of earlier ECMP fan-outs (mod-k)
         columns: list[np.ndarray] = []
         hop = 0
         while len(alive):
@@ -171,9 +222,8 @@ class Routes:
             cnt = np.bincount(kid[ok], minlength=len(kc))
             off = np.cumsum(cnt) - cnt
             fc = cnt[inv]
-            if self.ecmp == "modk":
-                choice = ((src[alive] + t) // radix[alive]) % fc
-                radix[alive] *= fc
+            if self.ecmp == "balanced":
+                choice = _balanced_choice(c, self._attachment(c, t), t, src[alive], fc)
             else:
                 h = _mix64((src[alive].astype(np.uint64) * np.uint64(p) + t.astype(np.uint64))
                            * np.uint64(64) + np.uint64(hop))
