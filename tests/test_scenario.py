@@ -96,7 +96,7 @@ def test_algorithm_defaults_to_first_allowed(tmp_path):
 def test_empty_section_means_defaults(tmp_path):
     sc = load_scenario(write(tmp_path, GOOD.replace("fabric:\n  message_overhead_us: 1.5\n"
                                                     "  ecmp: hash\n", "fabric:\n")))
-    assert sc.fabric.ecmp == "modk" and sc.fabric.message_overhead_us == 0.0
+    assert sc.fabric.ecmp == "balanced" and sc.fabric.message_overhead_us == 0.0
 
 
 def test_topology_mapping_carries_overrides(tmp_path):
@@ -148,7 +148,7 @@ def test_unknown_nested_key(tmp_path):
 
 def test_wrong_enum(tmp_path):
     path = write(tmp_path, GOOD.replace("ecmp: hash", "ecmp: random"))
-    assert error_of(path) == f"{path}: fabric.ecmp: must be one of modk, hash (got 'random')"
+    assert error_of(path) == f"{path}: fabric.ecmp: must be one of balanced, hash (got 'random')"
 
 
 def test_negative_overhead(tmp_path):

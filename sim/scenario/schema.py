@@ -107,7 +107,7 @@ class Fabric(StrictModel):
 
     message_overhead_us: float = Field(0.0, ge=0)
     """Start-up cost added to every flow, microseconds."""
-    ecmp: Literal["modk", "hash"] = "modk"
+    ecmp: Literal["balanced", "hash"] = "balanced"
     """How flows pick among equal-cost shortest paths."""
     rate_tolerance: float = Field(0.003, ge=0, le=0.5)
     """Relative rate change below which max-min rates are not re-solved (0 = always re-solve)."""
