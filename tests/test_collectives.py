@@ -134,3 +134,16 @@ def test_lazy_rates_match_exact_on_a_skewed_leaf_spine_all_to_all():
     fast = run_collective(cl, "all_to_all", "direct", mat, FabricOptions(rate_tolerance=0.01))
     assert fast.stats.recomputes < exact.stats.recomputes / 2
     assert fast.time_s == pytest.approx(exact.time_s, rel=0.01)
+
+
+def test_same_scenario_and_seed_give_the_same_summary():
+    from sim.collectives import run_benchmark
+    from sim.scenario.load import load_scenario
+
+    path = "scenarios/a2a-h100-leaf-spine-zipf.yaml"
+    runs = []
+    for seed in ("0", "0", "1"):
+        sc = load_scenario(path, [f"seed={seed}", "benchmark.sizes=[4MiB]"])
+        runs.append(run_benchmark(sc, load_topology(sc.topology.name, sc.topology.overrides)))
+    assert runs[0] == runs[1]
+    assert runs[0][0]["time_s"] != runs[2][0]["time_s"]  # the seed drives the traffic
