@@ -66,7 +66,7 @@ class Transfer:
 
 @dataclass
 class FabricStats:
-    """Counters of the work the fabric did."""
+    """Counters of the work the fabric did; ``link_bytes`` (L,) bytes carried per link."""
 
     flows: int = 0
     recomputes: int = 0
@@ -103,7 +103,7 @@ class Fabric:
         cap = cluster.links.capacity_Bps
         self.capacity = np.append(cap, np.inf)
         n_links = len(cap)
-        self.stats = FabricStats(link_bytes=np.zeros(n_links + 1))
+        self.stats = FabricStats(link_bytes=np.zeros(n_links))
         self._batches: dict[int, _Batch] = {}
         self._next_batch = 0
         h = 1
@@ -156,7 +156,7 @@ class Fabric:
         self.stats.flows += len(net)
         self.stats.link_bytes += np.bincount(
             paths.ravel(), weights=np.repeat(nbytes[net], paths.shape[1]),
-            minlength=len(self.capacity))
+            minlength=len(self.capacity))[:-1]
         self._p_paths, self._paths = self._widen(paths.shape[1])
         paths = self._pad(paths, self._paths.shape[1])
         start = now + latency + self.options.message_overhead_s
