@@ -118,10 +118,8 @@ def ring_order(cluster) -> np.ndarray:
 def _ring(fabric: Fabric, chunk: float, steps: int) -> Generator:
     t0 = fabric.env.now
     order = ring_order(fabric.cluster)
-    ranks = order
     nxt = np.roll(order, -1)
-    p = len(order)
-    sizes = np.full(p, float(chunk))
+    sizes = np.full(len(order), float(chunk))
     for _ in range(steps):
-        yield from _send(fabric, ranks, nxt, sizes)
+        yield from _send(fabric, order, nxt, sizes)
     return fabric.env.now - t0
