@@ -57,11 +57,17 @@ def _unique(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, table[keys]
 
 
-def _balanced_choice(c, att, t, src, fc) -> np.ndarray:
+def _positions(sizes: np.ndarray) -> np.ndarray:
+    """0..n-1 within each consecutive segment of the given sizes: [2, 3] -> [0, 1, 0, 1, 2]."""
+    return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+
+
+def _balanced_choice(c, t, src, fc, attachment) -> np.ndarray:
     """Candidate index per flow for ``balanced`` ECMP.
 
-    Flows with several candidates are grouped by (switch ``c``, attachment switch of the
-    destination); inside a group, ordered by (destination, source), the r-th flow takes
+    Flows with several candidates are grouped by (switch ``c``, ``attachment(c, t)``, the switch
+    that delivers to the destination); inside a group, ordered by (destination, source), the r-th
+    flow takes
     candidate ``(r + (i + j) * q) mod k``, with q the group size and i, j the ordinals of the
     switch and of the attachment. Each group spreads evenly over the candidates, and the groups'
     remainders rotate both across destinations of one switch (balancing its up-links) and across
@@ -71,12 +77,13 @@ def _balanced_choice(c, att, t, src, fc) -> np.ndarray:
     multi = np.flatnonzero(fc > 1)
     if not len(multi):
         return choice
-    order = multi[np.lexsort((src[multi], t[multi], att[multi], c[multi]))]
-    cs, ats = c[order], att[order]
+    att = attachment(c[multi], t[multi])
+    o = np.lexsort((src[multi], t[multi], att, c[multi]))
+    order = multi[o]
+    cs, ats = c[order], att[o]
     new = np.r_[True, (cs[1:] != cs[:-1]) | (ats[1:] != ats[:-1])]
-    start = np.flatnonzero(new)
-    size = np.diff(np.r_[start, len(order)])
-    r = np.arange(len(order)) - np.repeat(start, size)
+    size = np.diff(np.r_[np.flatnonzero(new), len(order)])
+    r = _positions(size)
     q = np.repeat(size, size)
     i = np.unique(cs, return_inverse=True)[1]
     j = np.unique(ats, return_inverse=True)[1]
@@ -126,7 +133,7 @@ class Routes:
         self._in_c = np.full((p, m), np.inf)
         order = into_gpu[np.argsort(links.dst[into_gpu], kind="stable")]
         gpu = links.dst[order]
-        slot = np.arange(len(order)) - np.repeat(np.cumsum(per_gpu) - per_gpu, per_gpu)
+        slot = _positions(per_gpu)
         self._in_a[gpu, slot] = self._tr_index[links.src[order]]
         self._in_c[gpu, slot] = self._cost[order]
         self._route_of = np.full(p * p, -1, dtype=np.int64)
@@ -202,9 +209,7 @@ class Routes:
             # expand each key over the out-links of its current node
             deg = self._out_ptr[kc + 1] - self._out_ptr[kc]
             kid = np.repeat(np.arange(len(kc)), deg)
-            first = np.repeat(self._out_ptr[kc], deg)
-            offs = np.arange(len(kid)) - np.repeat(np.cumsum(deg) - deg, deg)
-            edge = first + offs
+            edge = np.repeat(self._out_ptr[kc], deg) + _positions(deg)
             w = links.dst[edge]
             tw = self._tr_index[w]
             dist_w = np.where(w == kt[kid], 0.0, np.inf)
@@ -223,7 +228,7 @@ class Routes:
             off = np.cumsum(cnt) - cnt
             fc = cnt[inv]
             if self.ecmp == "balanced":
-                choice = _balanced_choice(c, self._attachment(c, t), t, src[alive], fc)
+                choice = _balanced_choice(c, t, src[alive], fc, self._attachment)
             else:
                 h = _mix64((src[alive].astype(np.uint64) * np.uint64(p) + t.astype(np.uint64))
                            * np.uint64(64) + np.uint64(hop))
