@@ -63,13 +63,20 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     if out is not None:
         output.check_out_dir(out)
     cluster = _load_cluster(scenario, sc)
-    from sim.collectives import run_benchmark
+    if sc.kind == "training":
+        from sim.moe.run import run_training
 
-    results = run_benchmark(sc, cluster)
-    click.echo(output.format_benchmark_table(sc, cluster, results))
-    summary = output.benchmark_summary(sc, cluster, results)
-    path = output.write_run(out or output.default_run_dir(sc.name), {"summary.json": summary})
-    click.echo(f"wrote {path / 'summary.json'}", err=True)
+        result = run_training(sc, cluster, str(scenario))
+        click.echo(output.format_training_summary(sc, cluster, result.summary))
+        files = output.training_files(sc, cluster, result)
+    else:
+        from sim.collectives import run_benchmark
+
+        results = run_benchmark(sc, cluster)
+        click.echo(output.format_benchmark_table(sc, cluster, results))
+        files = {"summary.json": output.benchmark_summary(sc, cluster, results)}
+    path = output.write_run(out or output.default_run_dir(sc.name), files)
+    click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
 
 
 @cli.command()
@@ -85,18 +92,17 @@ def validate(file: Path) -> None:
         cluster = validate_topology(file)
         click.echo(f"ok: {file} (topology {cluster.name}: {_size(cluster)})")
         return
-    if not (isinstance(data, dict) and ({"topology", "benchmark"} & data.keys())):
+    if not (isinstance(data, dict) and ({"topology", "benchmark", "model"} & data.keys())):
         raise UserError(
-            f"{file}: neither a scenario (with topology: and benchmark:) "
+            f"{file}: neither a scenario (with topology: and benchmark: or model:) "
             "nor a topology file (with kind:)"
         )
     sc = load_scenario(file)
     cluster = _load_cluster(file, sc)
     b = sc.benchmark
-    click.echo(
-        f"ok: {file} (scenario {sc.name}: {b.collective}/{b.algorithm} on {cluster.name}, "
-        f"{_size(cluster)})"
-    )
+    what = (f"{b.collective}/{b.algorithm}" if b is not None
+            else f"training step, {sc.moe.num_experts} experts, router {sc.moe.router.name}")
+    click.echo(f"ok: {file} (scenario {sc.name}: {what} on {cluster.name}, {_size(cluster)})")
 
 
 @cli.command(name="list")

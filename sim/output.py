@@ -119,3 +119,63 @@ def format_benchmark_table(scenario: Any, cluster: Any, results: Sequence[Mappin
             f"{r['algbw_gbps'] / 8:>12.2f} {r['busbw_gbps'] / 8:>12.2f}"
         )
     return "\n".join(lines)
+
+
+def csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    """Rows as CSV text with a header; lists are joined with ';'."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([";".join(map(str, v)) if isinstance(v, list) else v
+                    for v in (r[c] for c in columns)])
+    return buf.getvalue()
+
+
+LAYER_COLUMNS = ("layer", "moe", "attention_s", "dispatch_s", "expert_s", "combine_s",
+                 "drop_fraction", "padding_fraction", "imbalance", "expert_load")
+LINK_COLUMNS = ("link", "src", "dst", "tier", "capacity_gbps", "bytes", "utilisation")
+
+
+def training_files(scenario: Any, cluster: Any, result: Any) -> dict:
+    """The files of a training run: summary.json, layers.csv, links.csv, report.html,
+    trace.json (Chrome trace format; open in Perfetto)."""
+    from sim.report import chrome_trace, render_report
+
+    summary = {
+        "scenario": scenario.model_dump(mode="json"),
+        "cluster": {"name": cluster.name, "gpus": int(cluster.num_gpus),
+                    "nodes": int(cluster.num_nodes)},
+        **result.summary,
+    }
+    return {
+        "summary.json": summary,
+        "layers.csv": csv_text(result.layers, LAYER_COLUMNS),
+        "links.csv": csv_text(result.links, LINK_COLUMNS),
+        "report.html": render_report(f"{scenario.name} on {cluster.name}", result.summary,
+                                     result.layers, result.links, result.spans),
+        "trace.json": chrome_trace(result.spans, gpu_node=cluster.node_of.tolist()),
+    }
+
+
+def format_training_summary(scenario: Any, cluster: Any, summary: Mapping) -> str:
+    """A few lines for the terminal: step time, where it went, drops and traffic."""
+    s = summary
+    b = s["breakdown_s"]
+    parts = ", ".join(f"{k} {v * 1e3:.3f}" for k, v in b.items() if v > 0)
+    return "\n".join([
+        f"# {scenario.name}: one training step on {cluster.name} ({cluster.num_gpus} GPUs)",
+        f"step_time        {s['step_time_s'] * 1e3:10.3f} ms   "
+        f"({s['tokens_per_s']:,.0f} tokens/s)",
+        f"critical GPU {s['critical_gpu']:<4} {parts} (ms)",
+        f"a2a              {s['a2a_time_s'] * 1e3:10.3f} ms   "
+        f"({s['a2a_fraction']:.1%} of the step)",
+        f"exposed allreduce{s['allreduce_time_s'] * 1e3:10.3f} ms",
+        f"dropped          {s['drop_fraction']:10.2%}      padding {s['padding_fraction']:.2%}, "
+        f"expert load max/mean {s['expert_load_imbalance']:.2f}",
+        f"bytes            inter-node {s['inter_node_bytes'] / 1e9:.3f} GB, "
+        f"intra-node {s['intra_node_bytes'] / 1e9:.3f} GB",
+    ])

@@ -116,10 +116,64 @@ def ring_order(cluster) -> np.ndarray:
 
 
 def _ring(fabric: Fabric, chunk: float, steps: int) -> Generator:
-    t0 = fabric.env.now
     order = ring_order(fabric.cluster)
-    nxt = np.roll(order, -1)
-    sizes = np.full(len(order), float(chunk))
+    return (yield from ring_steps(fabric, order[None, :], chunk, steps))
+
+
+def ring_steps(fabric: Fabric, groups: np.ndarray, chunk: float, steps: int) -> Generator:
+    """``steps`` bulk-synchronous ring steps in every group at once: each rank sends ``chunk``
+    bytes to the next rank of its row of ``groups`` (G, n); returns seconds."""
+    t0 = fabric.env.now
+    src = groups.ravel()
+    nxt = np.roll(groups, -1, axis=1).ravel()
+    sizes = np.full(len(src), float(chunk))
     for _ in range(steps):
-        yield from _send(fabric, order, nxt, sizes)
+        yield from _send(fabric, src, nxt, sizes)
     return fabric.env.now - t0
+
+
+def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float) -> Generator:
+    """Ring AllReduce of ``nbytes`` per rank inside every row of ``groups`` (G, n) at once."""
+    n = groups.shape[1]
+    if n < 2 or nbytes <= 0:
+        return 0.0
+    return (yield from ring_steps(fabric, groups, nbytes / n, 2 * (n - 1)))
+
+
+def staggered_transfer(fabric: Fabric, matrix: np.ndarray, ready: np.ndarray,
+                       merge_s: float = 0.0) -> Generator:
+    """Send ``matrix[s, d]`` bytes, each source starting at its own ``ready[s]`` (absolute s).
+
+    Sources whose ready times lie within ``merge_s`` of the earliest pending one start together
+    at the latest of them (never early). Returns ``(recv_done, send_done)``: per rank, the time
+    its last incoming / outgoing flow arrived, or ``ready`` when it had none.
+    """
+    env = fabric.env
+    s, d = np.nonzero(matrix)
+    keep = s != d
+    s, d = s[keep], d[keep]
+    b = matrix[s, d]
+    recv_done = ready.astype(float).copy()
+    send_done = ready.astype(float).copy()
+    if not len(s):
+        return recv_done, send_done
+    t_src = ready[s]
+    order = np.argsort(t_src, kind="stable")
+    s, d, b, t_src = s[order], d[order], b[order], t_src[order]
+    events, idx = [], []
+    lo = 0
+    while lo < len(s):
+        hi = int(np.searchsorted(t_src, t_src[lo] + merge_s, side="right"))
+        start = t_src[hi - 1]
+        if start > env.now:
+            yield env.timeout(start - env.now)
+        events.append(fabric.transfer(s[lo:hi], d[lo:hi], b[lo:hi]))
+        idx.append(slice(lo, hi))
+        lo = hi
+    yield env.all_of(events)
+    finish = np.empty(len(s))
+    for ev, sl in zip(events, idx, strict=True):
+        finish[sl] = ev.value.finish_s
+    np.maximum.at(recv_done, d, finish)
+    np.maximum.at(send_done, s, finish)
+    return recv_done, send_done

@@ -113,7 +113,10 @@ def format_validation_error(
     errors = sorted(error.errors(include_url=False), key=_order)
     first = errors[0]
     what, show_value = _what(first, model)
-    line = f"{source}: {dotted(first['loc'])}: {what}"
+    if not first["loc"]:  # a whole-scenario rule: its message starts with the field it names
+        line, show_value = f"{source}: {what}", False
+    else:
+        line = f"{source}: {dotted(first['loc'])}: {what}"
     if show_value:
         line += f" (got {got(first['input'])})"
     keys = tuple(k for k in first["loc"] if isinstance(k, str))

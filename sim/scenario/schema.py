@@ -24,7 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from sim.scenario.schema_base import StrictModel
+from sim.scenario.training import Gating, Model, Moe, Parallel, Training
 from sim.units import parse_bytes
+
+__all__ = ["StrictModel", "Scenario", "COLLECTIVES"]
 
 #: Collective name -> the algorithms implemented for it; the first one is the default.
 COLLECTIVES: dict[str, tuple[str, ...]] = {
@@ -37,27 +41,6 @@ COLLECTIVES: dict[str, tuple[str, ...]] = {
 SKEWABLE = ("all_to_all",)
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
-
-
-class StrictModel(BaseModel):
-    """Base of every scenario section: unknown keys rejected, frozen, no silent type coercion.
-
-    An empty YAML value (``fabric:`` with everything commented out) means "use the default".
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_means_default(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            fields = cls.model_fields
-            return {
-                k: v
-                for k, v in data.items()
-                if not (v is None and k in fields and not fields[k].is_required())
-            }
-        return data
 
 
 def _byte_count(value: Any) -> int:
@@ -159,7 +142,29 @@ class Scenario(StrictModel):
     seed: int = Field(0, ge=0)
     topology: TopologyRef
     fabric: Fabric = Fabric()
-    benchmark: Benchmark
+    benchmark: Benchmark | None = None
+    """A collective benchmark; or, instead, an MoE training step (model + moe)."""
+    model: Model | None = None
+    moe: Moe | None = None
+    parallel: Parallel = Parallel()
+    training: Training = Training()
+    gating: Gating = Gating()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Scenario:
+        if self.benchmark is not None and (self.model is not None or self.moe is not None):
+            raise ValueError("benchmark: a scenario is either a benchmark or a training run "
+                             "(model + moe), not both")
+        if self.benchmark is None and (self.model is None or self.moe is None):
+            missing = "model" if self.model is None else "moe"
+            raise ValueError(f"{missing}: required (a scenario needs benchmark:, or model: and "
+                             "moe:)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``benchmark`` or ``training``."""
+        return "benchmark" if self.benchmark is not None else "training"
 
 
 def section_model(annotation: Any) -> type[BaseModel] | None:

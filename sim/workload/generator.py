@@ -172,9 +172,10 @@ class GateGenerator:
         return np.random.default_rng(seq)
 
     # ---------------------------------------------------------------------------- public
-    def tokens(self, step: int, num_tokens: int) -> np.ndarray:
-        """Token IDs ``(num_tokens,)`` int64 of one routing group at ``step`` (deterministic)."""
-        u = self._rng("tokens", int(step)).random(int(num_tokens))
+    def tokens(self, step: int, num_tokens: int, group: int = 0) -> np.ndarray:
+        """Token IDs ``(num_tokens,)`` int64 of routing group ``group`` (e.g. a GPU's
+        micro-batch) at ``step``; deterministic in (seed, step, group)."""
+        u = self._rng("tokens", int(step), int(group)).random(int(num_tokens))
         ranks = np.searchsorted(self._cdf, u, side="right")
         ranks = np.minimum(ranks, self.config.vocab_size - 1).astype(np.int64)
         return self._shift_ids[ranks] if self.config.domain_shift else ranks
@@ -183,13 +184,15 @@ class GateGenerator:
         """Popularity bias ``(L, E)`` float32 in nats at ``step`` (calibrated base plus drift)."""
         return (self._bias + self._drift(step)[None, :]).astype(np.float32)
 
-    def logits(self, step: int, token_ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def logits(
+        self, step: int, token_ids: np.ndarray, out: np.ndarray | None = None, group: int = 0
+    ) -> np.ndarray:
         """Router logits ``(L, T, E)`` float32 for ``token_ids`` ``(T,)`` at ``step``.
 
         Softmax over the last axis gives gate probabilities; top-k of it is the routing.
-        Deterministic in ``(seed, step, token_ids)``. ``out``: an optional float32 ``(L, T, E)``
-        buffer to fill; reusing one across steps avoids re-faulting fresh memory, which is most
-        of the cost at 64 x 8192 x 256 (537 MB).
+        Deterministic in ``(seed, step, group, token_ids)``. ``out``: an optional float32
+        ``(L, T, E)`` buffer to fill; reusing one across steps avoids re-faulting fresh memory,
+        which is most of the cost at 64 x 8192 x 256 (537 MB).
         """
         ids = self._check_ids(token_ids)
         cfg, L, E, T = self.config, self.num_layers, self.num_experts, ids.size
@@ -197,8 +200,8 @@ class GateGenerator:
             out = np.empty((L, T, E), dtype=np.float32)
         elif out.shape != (L, T, E) or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {(L, T, E)}, got {out.dtype} {out.shape}")
-        noise_rng = self._rng("context", int(step))
-        copy_rng = self._rng("locality", int(step))
+        noise_rng = self._rng("context", int(step), int(group))
+        copy_rng = self._rng("locality", int(step), int(group))
         bias = self.bias(step)
         beta = np.float32(cfg.affinity)
         rows = np.arange(T)

@@ -1,0 +1,126 @@
+"""Run one MoE training step from a scenario: plan the routing, time it on the fabric, summarise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from sim.metrics import CATEGORIES, ListRecorder, Span
+from sim.moe.layout import Layout
+from sim.moe.plan import plan_step
+from sim.moe.step import StepInputs, training_step
+from sim.network import Fabric, FabricOptions
+from sim.topology.cluster import Cluster
+from sim.units import bytes_per_s_to_gbps, us_to_s
+
+
+@dataclass
+class TrainingResult:
+    """Flat results: the summary, one row per layer, one row per link, the timeline spans."""
+
+    summary: dict
+    layers: list[dict]
+    links: list[dict]
+    spans: list[Span]
+
+
+def step_inputs(scenario, cluster: Cluster, source: str = "") -> StepInputs:
+    """Sizes, layout and routing plan of ``scenario`` on ``cluster``."""
+    model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
+    layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
+                          par.tensor_model_parallel_size, source)
+    return StepInputs(
+        hidden=model.hidden_size, ffn_hidden=model.ffn_hidden_size,
+        moe_ffn_hidden=moe.moe_ffn_hidden_size or model.ffn_hidden_size,
+        heads=model.num_attention_heads,
+        kv_heads=model.num_query_groups or model.num_attention_heads,
+        seq_len=model.seq_length, tokens=model.micro_batch_size * model.seq_length,
+        gated=model.gated_linear_unit, moe_layers=model.moe_layers(), experts=moe.num_experts,
+        dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
+        overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
+        routing=plan_step(scenario, layout, cluster.node_of))
+
+
+def run_training(scenario, cluster: Cluster, source: str = "") -> TrainingResult:
+    """Simulate one training step of ``scenario``; every number in the summary is SI."""
+    inp = step_inputs(scenario, cluster, source)
+    fab = scenario.fabric
+    options = FabricOptions(message_overhead_s=us_to_s(fab.message_overhead_us), ecmp=fab.ecmp,
+                            rate_tolerance=fab.rate_tolerance)
+    env = simpy.Environment()
+    fabric = Fabric(env, cluster, options)
+    rec = ListRecorder()
+    proc = env.process(training_step(fabric, inp, rec))
+    env.run(proc)
+    times = proc.value
+    return TrainingResult(
+        summarise(inp, times, rec.spans, fabric), layer_rows(inp, times),
+        link_rows(cluster, fabric, times.step_time_s), rec.spans)
+
+
+def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict:
+    """The summary of one step (see README for the fields)."""
+    step = times.step_time_s
+    # the critical GPU: the one that finished its own work last
+    critical = int(np.argmax(times.ready_s))
+    breakdown = dict.fromkeys(CATEGORIES, 0.0)
+    for s in spans:
+        if s.gpu == critical and s.category != "allreduce":
+            breakdown[s.category] += s.end_s - s.start_s
+    breakdown["allreduce"] = times.allreduce_exposed_s
+    routing = inp.routing
+    routed = sum(float(r.routed.sum()) for r in routing)
+    kept = sum(float(r.kept.sum()) for r in routing)
+    sent = sum(float(r.slots.sum()) for r in routing)
+    a2a = breakdown["dispatch"] + breakdown["combine"]
+    tokens = inp.tokens * inp.layout.gpus
+    return {
+        "step_time_s": step,
+        "tokens_per_s": tokens / step if step > 0 else 0.0,
+        "a2a_time_s": a2a,
+        "a2a_fraction": a2a / step if step > 0 else 0.0,
+        "compute_time_s": breakdown["attention"] + breakdown["gate"] + breakdown["expert"],
+        "allreduce_time_s": times.allreduce_exposed_s,
+        "drop_fraction": (routed - kept) / routed if routed else 0.0,
+        "padding_fraction": (sent - kept) / sent if sent else 0.0,
+        "expert_load_imbalance": float(np.mean([r.imbalance for r in routing])) if routing
+        else 1.0,
+        "inter_node_bytes": times.inter_node_bytes,
+        "intra_node_bytes": times.intra_node_bytes,
+        "gpus": inp.layout.gpus,
+        "critical_gpu": critical,
+        "flows": fabric.stats.flows,
+        "recomputes": fabric.stats.recomputes,
+        "breakdown_s": breakdown,
+    }
+
+
+def layer_rows(inp: StepInputs, times) -> list[dict]:
+    """One row per layer: forward phase times (max over GPUs) and routing statistics."""
+    rows, k = [], 0
+    for t in times.layer_times:
+        row = {"layer": t["layer"], "moe": t["moe"], "attention_s": t["attention_s"],
+               "dispatch_s": t.get("dispatch_s", 0.0), "expert_s": t.get("expert_s", 0.0),
+               "combine_s": t.get("combine_s", 0.0), "drop_fraction": 0.0,
+               "padding_fraction": 0.0, "imbalance": 0.0, "expert_load": []}
+        if t["moe"]:
+            r = inp.routing[k]
+            k += 1
+            row.update(drop_fraction=r.drop_fraction, padding_fraction=r.padding_fraction,
+                       imbalance=r.imbalance, expert_load=r.expert_load.tolist())
+        rows.append(row)
+    return rows
+
+
+def link_rows(cluster: Cluster, fabric: Fabric, step_s: float) -> list[dict]:
+    """One row per directed link: bytes carried in the step and mean utilisation."""
+    links, names = cluster.links, cluster.node_names
+    carried = fabric.stats.link_bytes
+    util = carried / (links.capacity_Bps * step_s) if step_s > 0 else carried * 0
+    return [{"link": i, "src": str(names[links.src[i]]), "dst": str(names[links.dst[i]]),
+             "tier": str(links.tier[i]),
+             "capacity_gbps": bytes_per_s_to_gbps(float(links.capacity_Bps[i])),
+             "bytes": float(carried[i]), "utilisation": float(util[i])}
+            for i in range(len(links))]

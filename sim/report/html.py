@@ -1,0 +1,119 @@
+"""One self-contained HTML page of a run: a summary table and the four figures.
+
+plotly.js is embedded once, inline, with the first figure; the page needs no network.
+"""
+
+from __future__ import annotations
+
+import html as _html
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from sim.metrics.records import Span
+from sim.report import plots
+
+#: Summary keys shown first, with their header (unit in brackets) and scale factor.
+SUMMARY_FIELDS: tuple[tuple[str, str, float], ...] = (
+    ("step_time_s", "step time (ms)", 1e3),
+    ("tokens_per_s", "throughput (tokens/s)", 1.0),
+    ("a2a_time_s", "all-to-all time (ms)", 1e3),
+    ("a2a_fraction", "all-to-all share of step (%)", 100.0),
+    ("compute_time_s", "compute time (ms)", 1e3),
+    ("allreduce_time_s", "AllReduce time (ms)", 1e3),
+    ("drop_fraction", "dropped tokens (%)", 100.0),
+    ("padding_fraction", "padding (%)", 100.0),
+    ("expert_load_imbalance", "expert load imbalance (max/mean)", 1.0),
+    ("inter_node_bytes", "inter-node traffic (MB)", 1e-6),
+    ("intra_node_bytes", "intra-node traffic (MB)", 1e-6),
+)
+
+#: ``div`` ids of the figures, in page order.
+FIGURE_IDS = ("fig-step-breakdown", "fig-expert-load", "fig-link-utilisation", "fig-timeline")
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+table.summary { border-collapse: collapse; margin-bottom: 1.5em; }
+table.summary th, table.summary td { border: 1px solid #ccc; padding: 0.25em 0.7em; }
+table.summary th { text-align: left; font-weight: 600; background: #f4f4f4; }
+table.summary td { text-align: right; font-variant-numeric: tabular-nums; }
+section.figure { margin-bottom: 2em; }
+"""
+
+
+def format_number(value: float) -> str:
+    """Compact, readable number: 4 significant digits, thousands separators for big values."""
+    v = float(value)
+    if v != v:  # NaN
+        return "nan"
+    if v != 0 and abs(v) >= 1e4:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def summary_rows(summary: Mapping) -> list[tuple[str, str]]:
+    """(header with unit, formatted value) rows of the summary table.
+
+    Known keys come first in SUMMARY_FIELDS order, converted to their display unit; other
+    numeric keys follow under their own name; non-numeric values (e.g. ``breakdown_s``) are left
+    out (the breakdown has its own figure).
+    """
+    rows: list[tuple[str, str]] = []
+    known = {key for key, _, _ in SUMMARY_FIELDS}
+    for key, header, scale in SUMMARY_FIELDS:
+        if key in summary:
+            rows.append((header, format_number(float(summary[key]) * scale)))
+    for key, value in summary.items():
+        if key in known or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        rows.append((key, format_number(value)))
+    return rows
+
+
+def _table(summary: Mapping) -> str:
+    body = "\n".join(
+        f'<tr><th scope="row">{_html.escape(h)}</th><td>{_html.escape(v)}</td></tr>'
+        for h, v in summary_rows(summary)
+    )
+    head = "<tr><th>quantity (unit)</th><th>value</th></tr>"
+    return f'<table class="summary">\n{head}\n{body}\n</table>'
+
+
+def render_report(title: str, summary: Mapping, layers: Sequence[Mapping],
+                  links: Sequence[Mapping], spans: Sequence[Span],
+                  max_gpus: int = 16, top_links: int = 40) -> str:
+    """The whole report as one HTML string (the caller writes it).
+
+    Figures: step breakdown, expert load, link utilisation and timeline, in ``<div>``s with the
+    ids in FIGURE_IDS. plotly.js is inlined once, so the page works offline (~5 MB).
+    """
+    figures: list[tuple[str, str, go.Figure]] = [
+        (FIGURE_IDS[0], "Step time", plots.step_breakdown(summary)),
+        (FIGURE_IDS[1], "Expert load", plots.expert_load(layers)),
+        (FIGURE_IDS[2], "Links", plots.link_utilisation(links, top=top_links)),
+        (FIGURE_IDS[3], "Timeline", plots.timeline(spans, max_gpus=max_gpus)),
+    ]
+    sections = []
+    for i, (div_id, heading, fig) in enumerate(figures):
+        div = fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
+                          div_id=div_id, config={"displaylogo": False, "responsive": True})
+        sections.append(f'<section class="figure">\n<h2>{_html.escape(heading)}</h2>\n{div}\n'
+                        "</section>")
+    t = _html.escape(title)
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{t}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{t}</h1>",
+        "<h2>Summary</h2>",
+        _table(summary),
+        *sections,
+        "</body>",
+        "</html>",
+        "",
+    ])

@@ -1,0 +1,113 @@
+"""Scenario sections of an MoE training run, in Megatron-Core vocabulary where it has a name.
+
+``model`` is the transformer, ``moe`` the expert layers (router, capacity, dropping),
+``parallel`` the layout over the cluster's GPUs, ``training`` the step, ``gating`` the synthetic
+gate workload (or a recorded trace). Sizes are counts; ``dtype_bytes`` is bytes per element.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from sim.scenario.schema_base import StrictModel
+
+
+class Model(StrictModel):
+    """The transformer. One token = ``hidden_size`` activations of ``dtype_bytes`` each."""
+
+    hidden_size: int = Field(gt=0)
+    ffn_hidden_size: int = Field(gt=0)
+    """FFN width of dense layers (and of experts unless ``moe_ffn_hidden_size`` is set)."""
+    num_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_query_groups: int | None = Field(None, gt=0)
+    """Grouped-query attention KV heads; None = multi-head (as many as attention heads)."""
+    seq_length: int = Field(gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    gated_linear_unit: bool = False
+    """SwiGLU-style FFN: three weight matrices instead of two."""
+    moe_layer_freq: int | list[int] = 1
+    """Every k-th layer is MoE (k = 1: all), or a 0/1 list with one entry per layer."""
+
+    @model_validator(mode="after")
+    def _freq_fits(self) -> Model:
+        f = self.moe_layer_freq
+        if isinstance(f, list):
+            if len(f) != self.num_layers or any(v not in (0, 1) for v in f):
+                raise ValueError(f"moe_layer_freq: a list needs {self.num_layers} entries of 0/1")
+        elif f < 1:
+            raise ValueError("moe_layer_freq: must be >= 1 or a 0/1 list")
+        return self
+
+    def moe_layers(self) -> list[bool]:
+        """Which layers are MoE."""
+        f = self.moe_layer_freq
+        if isinstance(f, list):
+            return [bool(v) for v in f]
+        return [i % f == 0 for i in range(self.num_layers)]
+
+
+class Router(StrictModel):
+    name: str = "topk"
+    """A registered router (``moesim list``): switch, gshard, topk, expert_choice, hash, base,
+    node_limited, ..."""
+    params: dict[str, Any] = {}
+
+
+class Moe(StrictModel):
+    """The expert layers."""
+
+    num_experts: int = Field(gt=0)
+    moe_router_topk: int = Field(2, gt=0)
+    moe_ffn_hidden_size: int | None = Field(None, gt=0)
+    moe_expert_capacity_factor: float | None = Field(None, gt=0)
+    """None = dropless."""
+    moe_token_drop_policy: Literal["probs", "position"] = "probs"
+    moe_pad_expert_input_to_capacity: bool = False
+    """Padded dispatch: every expert gets exactly its capacity in slots, whatever the routing."""
+    capacity_convention: Literal["megatron", "deepspeed", "tutel", "gshard"] = "megatron"
+    router: Router = Router()
+
+    @model_validator(mode="after")
+    def _topk_fits(self) -> Moe:
+        if self.moe_router_topk > self.num_experts:
+            raise ValueError(f"moe_router_topk: must be <= num_experts ({self.num_experts})")
+        return self
+
+
+class Parallel(StrictModel):
+    """Layout over the cluster's GPUs: data parallel size = GPUs / tensor parallel size."""
+
+    tensor_model_parallel_size: int = Field(1, ge=1)
+    expert_model_parallel_size: int = Field(1, ge=1)
+
+
+class Training(StrictModel):
+    dtype_bytes: int = Field(2, gt=0)
+    """Bytes per activation element (2 = bf16)."""
+    grad_dtype_bytes: int = Field(4, gt=0)
+    """Bytes per gradient element in the data-parallel AllReduce (4 = fp32 reduction)."""
+    overlap_grad_reduce: bool = True
+    """Start each layer's gradient AllReduce as soon as its backward is done."""
+    a2a_algorithm: Literal["direct", "pairwise", "hierarchical"] = "direct"
+    step: int = Field(0, ge=0)
+    """Which training step's routing to simulate (drift moves with it)."""
+
+
+class Gating(StrictModel):
+    """The synthetic gate workload (``sim.workload.GateConfig``) or a recorded trace."""
+
+    trace: str | None = None
+    """Path of a routing trace (.npz or .jsonl); replaces the generator and the router."""
+    vocab_size: int = Field(32000, gt=0)
+    zipf_exponent: float = Field(1.1, gt=0)
+    alpha_id: float = Field(0.2, gt=0)
+    sigma_ctx: float = Field(0.5, ge=0)
+    popularity_skew: float = Field(0.0, ge=0)
+    collapse_fraction: float = Field(0.0, ge=0, lt=1)
+    affinity: float = Field(0.0, ge=0)
+    temporal_locality: float = Field(0.0, ge=0, le=1)
+    drift: float = Field(0.0, ge=0)
+    domain_shift: bool = False

@@ -1,0 +1,139 @@
+"""The MoE training step: routing invariants, capacity, padding, and a hand-computed step."""
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.collectives.algorithms import ring_order
+from sim.compute import dense_layer_time_s, expert_ffn_time_s
+from sim.moe.layout import Layout
+from sim.moe.plan import plan_step
+from sim.moe.run import run_training
+from sim.moe.step import dense_params
+from sim.scenario.load import load_scenario
+from sim.topology import load_topology
+
+BASE = {
+    "name": "t", "seed": 0, "topology": "dgx-h100",
+    "model": {"hidden_size": 512, "ffn_hidden_size": 1024, "num_layers": 2,
+              "num_attention_heads": 8, "seq_length": 512},
+    "moe": {"num_experts": 16, "moe_router_topk": 2},
+    "parallel": {"expert_model_parallel_size": 8},
+}
+
+
+def scenario(tmp_path, sets=(), **sections):
+    data = {**BASE, **{k: {**BASE.get(k, {}), **v} for k, v in sections.items()}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_scenario(path, list(sets))
+
+
+def plan(sc):
+    cl = load_topology(sc.topology.name, sc.topology.overrides)
+    lay = Layout.build(cl.num_gpus, sc.parallel.expert_model_parallel_size, sc.moe.num_experts)
+    return plan_step(sc, lay, cl.node_of)
+
+
+@pytest.mark.parametrize("router", ["switch", "gshard", "topk", "expert_choice", "hash", "base"])
+@pytest.mark.parametrize("cf", [None, 1.0])
+def test_every_choice_is_processed_or_dropped_once(tmp_path, router, cf):
+    sc = scenario(tmp_path, moe={"router": {"name": router}, "moe_expert_capacity_factor": cf})
+    tokens = sc.model.seq_length
+    for r in plan(sc):
+        assert np.all(r.kept <= r.routed)
+        if cf is None:
+            assert np.array_equal(r.kept, r.routed) and r.drop_fraction == 0.0
+        else:
+            assert np.all(r.kept <= r.capacity)
+        if router in ("topk", "switch", "hash", "base"):
+            k = 1 if router in ("switch", "hash", "base") else 2
+            assert np.all(r.routed.sum(axis=1) == tokens * k)  # every token's k choices
+
+
+def test_drop_fraction_rises_with_skew_and_falls_with_capacity(tmp_path):
+    def drop(skew, cf):
+        sc = scenario(tmp_path, moe={"moe_expert_capacity_factor": cf},
+                      gating={"popularity_skew": skew})
+        return np.mean([r.drop_fraction for r in plan(sc)])
+
+    assert drop(0.0, 1.0) < drop(1.0, 1.0) < drop(2.0, 1.0)
+    assert drop(1.0, 2.0) < drop(1.0, 1.25) < drop(1.0, 1.0)
+
+
+def test_padded_dispatch_sends_capacity_whatever_the_skew(tmp_path):
+    for skew in (0.0, 2.0):
+        sc = scenario(tmp_path, moe={"moe_expert_capacity_factor": 1.0,
+                                     "moe_pad_expert_input_to_capacity": True},
+                      gating={"popularity_skew": skew})
+        for r in plan(sc):
+            assert np.all(r.slots == r.capacity)  # E * C slots from every GPU
+            assert r.padding_fraction == pytest.approx(1 - r.kept.sum() / r.slots.sum())
+
+
+def test_bytes_dispatched_equal_bytes_combined(tmp_path):
+    sc = scenario(tmp_path, gating={"popularity_skew": 1.0},
+                  training={"overlap_grad_reduce": False})
+    res = run_training(sc, load_topology("dgx-h100"))
+    d = [s for s in res.spans if s.category == "dispatch"]
+    c = [s for s in res.spans if s.category == "combine"]
+    assert len(d) == len(c) > 0
+    # one node: all traffic is intra-node; 4 exchanges of the dispatch bytes + the AllReduce
+    act = sc.model.hidden_size * sc.training.dtype_bytes
+    a2a = 0.0
+    for r in plan(sc):
+        own = np.repeat(np.arange(8), 2)  # EP = 8 on 8 GPUs, 2 experts per GPU
+        off = own[None, :] != np.arange(8)[:, None]
+        a2a += (r.slots * off).sum() * act
+    ar = sum(dense_params(_inputs(sc), True) for _ in range(2)) * 4 * 2 * 7 / 8 * 8
+    assert res.summary["inter_node_bytes"] == 0
+    assert res.summary["intra_node_bytes"] == pytest.approx(4 * a2a + ar)
+
+
+def _inputs(sc):
+    from sim.moe.run import step_inputs
+
+    return step_inputs(sc, load_topology("dgx-h100"))
+
+
+def test_uniform_routing_step_matches_hand_computed_time(tmp_path):
+    # expert choice fills every expert with exactly C tokens from every GPU: a uniform A2A
+    sc = scenario(tmp_path, moe={"router": {"name": "expert_choice",
+                                            "params": {"capacity_factor": 2.0}}},
+                  model={"num_layers": 1}, training={"overlap_grad_reduce": False},
+                  fabric={"rate_tolerance": 0.0})
+    cl = load_topology("dgx-h100")
+    res = run_training(sc, cl)
+    spec, m = cl.gpu, sc.model
+    p, e, t = 8, 16, m.seq_length
+    c = round(2.0 * t / e)
+    act = m.hidden_size * 2
+    bw = cl.links.capacity_Bps.min()  # every NVLink is the same
+    lat = 2 * 0.5e-6  # GPU -> NVSwitch -> GPU
+    pair = (e // p) * c * act  # bytes from one GPU to another per exchange
+    a2a = lat + (p - 1) * pair / bw
+    attn = float(dense_layer_time_s(t, t, m.hidden_size, m.num_attention_heads, spec,
+                                    num_experts=e))
+    expert = float(expert_ffn_time_s(np.full(e // p, p * c), m.hidden_size,
+                                     m.ffn_hidden_size, spec).sum())
+    grads = dense_params(_inputs(sc), True) * 4
+    allreduce = 2 * (p - 1) * (lat + grads / p / bw)
+    expect = 3 * attn + 4 * a2a + 3 * expert + allreduce
+    assert res.summary["step_time_s"] == pytest.approx(expect, rel=1e-9)
+    assert res.summary["drop_fraction"] == 0.0 and res.summary["expert_load_imbalance"] == 1.0
+    assert len(ring_order(cl)) == p
+
+
+def test_same_seed_same_step(tmp_path):
+    sc = scenario(tmp_path, gating={"popularity_skew": 1.0})
+    a = run_training(sc, load_topology("dgx-h100")).summary
+    b = run_training(sc, load_topology("dgx-h100")).summary
+    assert a == b
+
+
+def test_bad_layout_is_a_one_line_user_error(tmp_path):
+    from sim.errors import UserError
+
+    sc = scenario(tmp_path, parallel={"expert_model_parallel_size": 3})
+    with pytest.raises(UserError, match="expert_model_parallel_size: must divide"):
+        run_training(sc, load_topology("dgx-h100"))
