@@ -128,3 +128,20 @@ def test_concurrent_batches_share_the_fabric():
     env.process(job("b", 1, 0.0))
     env.run()
     assert out["a"] == pytest.approx(out["b"]) == pytest.approx(2 * LAT + 2e6 / B)
+
+
+def test_pipelined_ring_all_reduce_alone_equals_the_stepped_ring():
+    import numpy as np
+
+    from sim.collectives.algorithms import ring_all_reduce_groups
+
+    p, m = 8, 32e6
+    times = []
+    for pipelined in (False, True):
+        env = simpy.Environment()
+        fab = Fabric(env, star(p, B, LAT), FabricOptions(message_overhead_s=1e-6))
+        proc = env.process(ring_all_reduce_groups(fab, np.arange(p)[None, :], m, pipelined))
+        env.run(proc)
+        times.append(proc.value)
+    expect = 2 * (p - 1) * (2 * LAT + 1e-6) + 2 * (p - 1) / p * m / B
+    assert times == pytest.approx([expect, expect], rel=1e-12)

@@ -137,3 +137,13 @@ def test_bad_layout_is_a_one_line_user_error(tmp_path):
     sc = scenario(tmp_path, parallel={"expert_model_parallel_size": 3})
     with pytest.raises(UserError, match="expert_model_parallel_size: must divide"):
         run_training(sc, load_topology("dgx-h100"))
+
+
+def test_routing_groups_repeat_the_routing_round_robin(tmp_path):
+    sc = scenario(tmp_path, gating={"routing_groups": 3, "popularity_skew": 1.0})
+    for r in plan(sc):
+        for g in range(8):
+            assert np.array_equal(r.routed[g], r.routed[g % 3])
+    full = plan(scenario(tmp_path, gating={"popularity_skew": 1.0}))
+    assert np.array_equal(full[0].routed[:3], plan(sc)[0].routed[:3])  # same first groups
+    assert not np.array_equal(full[0].routed[3], full[0].routed[0])

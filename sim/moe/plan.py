@@ -73,7 +73,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray) -> list[LayerRouti
     kept = np.zeros((n_moe, p, e), dtype=np.int64)
     step = scenario.training.step
     expert_gpu = layout.expert_gpu(np.arange(p))
-    for g in range(p):
+    groups = min(p, gating.routing_groups or p)
+    for g in range(groups):
         ids = gen.tokens(step, tokens, group=g)
         logits = gen.logits(step, ids, group=g)
         ctx = RouterContext(
@@ -84,6 +85,9 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray) -> list[LayerRouti
             routed[li, g] = a.expert_load()
             kept[li, g] = apply_capacity(a, cap, moe.moe_token_drop_policy,
                                          moe.capacity_convention).load
+    if groups < p:  # GPU g reuses the routing of group g mod groups
+        reuse = np.arange(p) % groups
+        routed, kept = routed[:, reuse], kept[:, reuse]
     layers = []
     for li in range(n_moe):
         if moe.moe_pad_expert_input_to_capacity:

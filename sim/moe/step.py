@@ -6,10 +6,15 @@ it continues when all its incoming flows have arrived. Per MoE layer, forward:
 attention (+ norms + router GEMM) -> dispatch All-to-All (slots per (GPU, expert) from the
 routing plan) -> expert FFNs on the tokens received -> combine All-to-All (the reverse).
 Backward mirrors it with twice the compute (combine-backward, experts, dispatch-backward,
-attention). Gradients are reduced by ring AllReduce: dense weights over all GPUs, expert weights
-over each expert's replicas; with ``overlap_grad_reduce`` each layer's reduction starts as soon
-as the last GPU has finished that layer's backward, else all of it after the backward pass.
+attention). Gradients are reduced by pipelined ring AllReduce: dense weights over all GPUs,
+expert weights over each expert's replicas; with ``overlap_grad_reduce`` each layer's
+reduction starts as soon as the last GPU has finished that layer's backward, else all of it
+after the backward pass.
 The step ends when the last GPU is done and every reduction has finished.
+
+GPUs that become ready for an exchange within ``START_MERGE`` x (spread of the ready times) of
+each other start it together, at the latest of their times (never early): a few batches per
+exchange instead of one per GPU, which is what keeps large steps fast.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from sim.metrics import NullRecorder
 from sim.moe.layout import Layout
 from sim.moe.plan import LayerRouting
 from sim.network.fabric import Fabric
+
+START_MERGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,6 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
     gpus = np.arange(p)
     act = inp.hidden * inp.dtype_bytes  # bytes per token slot
     dest = lay.expert_gpu(gpus)  # (P, E)
-    merge = fabric.options.rate_tolerance
 
     def spans(cat, phase, layer, start, end):
         for g in gpus:
@@ -105,7 +111,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
         nonlocal ready
         start = ready.copy()
         span = max(start.max() - start.min(), 0.0)
-        recv, _ = yield from staggered_transfer(fabric, matrix, ready, merge * span)
+        recv, _ = yield from staggered_transfer(fabric, matrix, ready, START_MERGE * span)
         ready = np.maximum(ready, recv)
         spans(phase_span, phase, layer, start, ready)
         count(matrix.copy())
@@ -166,7 +172,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
                 ring = np.zeros((p, p))
                 ring[groups.ravel(), np.roll(groups, -1, axis=1).ravel()] = 2 * (n - 1) / n * nbytes
                 count(ring)
-                procs.append(env.process(ring_all_reduce_groups(fabric, groups, nbytes)))
+                procs.append(env.process(
+                    ring_all_reduce_groups(fabric, groups, nbytes, pipelined=True)))
         return procs
 
     def reducer(layers, at):

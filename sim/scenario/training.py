@@ -111,3 +111,7 @@ class Gating(StrictModel):
     temporal_locality: float = Field(0.0, ge=0, le=1)
     drift: float = Field(0.0, ge=0)
     domain_shift: bool = False
+    routing_groups: int | None = Field(None, gt=0)
+    """Route only this many distinct micro-batches and give GPU g the routing of group
+    g mod routing_groups (None: every GPU its own). Routing costs O(GPUs x tokens x experts);
+    this bounds it for big sweeps, at the price of repeating load patterns across GPUs."""
