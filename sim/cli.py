@@ -66,7 +66,7 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     if sc.kind == "training":
         from sim.moe.run import run_training
 
-        result = run_training(sc, cluster, str(scenario))
+        result = run_training(sc, cluster, str(scenario), _progress())
         click.echo(output.format_training_summary(sc, cluster, result.summary))
         files = output.training_files(sc, cluster, result)
     else:
@@ -77,6 +77,22 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
         files = {"summary.json": output.benchmark_summary(sc, cluster, results)}
     path = output.write_run(out or output.default_run_dir(sc.name), files)
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
+
+
+def _progress():
+    """A progress line on stderr when it is a terminal (``routing 12/64``), else nothing."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def show(stage: str, done: int, total: int) -> None:
+        end = "\n" if stage == "backward" and done == total else ""
+        click.echo(f"\r{stage:>8} {done}/{total}   ", err=True, nl=False)
+        if end:
+            click.echo("", err=True)
+
+    return show
 
 
 @cli.command()
@@ -107,7 +123,8 @@ def validate(file: Path) -> None:
 
 @cli.command(name="list")
 def list_() -> None:
-    """List the shipped topologies and the collectives with their algorithms."""
+    """List the shipped topologies, collectives with their algorithms, and routers."""
+    from sim.routing import ROUTERS
     from sim.scenario.schema import COLLECTIVES
     from sim.topology import list_topologies
 
@@ -117,6 +134,8 @@ def list_() -> None:
     click.echo("collectives (algorithms, default first):")
     for collective, algorithms in COLLECTIVES.items():
         click.echo(f"  {collective:<26} {', '.join(algorithms)}")
+    click.echo("routers (moe.router.name):")
+    click.echo(f"  {', '.join(ROUTERS.names())}")
 
 
 def _fail(message: str, status: int = USER_ERROR_EXIT) -> None:

@@ -121,6 +121,7 @@ def test_list():
     assert proc.returncode == 0, proc.stderr
     assert "h100-leaf-spine" in proc.stdout
     assert "all_to_all" in proc.stdout and "hierarchical" in proc.stdout
+    assert "node_limited" in proc.stdout and "expert_choice" in proc.stdout
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

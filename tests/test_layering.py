@@ -6,7 +6,7 @@ import sys
 
 def test_engine_imports_no_plotting_or_solvers():
     code = (
-        "import sys, sim.network, sim.collectives, sim.topology; "
+        "import sys, sim.network, sim.collectives, sim.topology, sim.moe.run, sim.routing; "
         "bad = [m for m in ('plotly', 'pulp', 'deap', 'dask') if m in sys.modules]; "
         "print(','.join(bad))"
     )

@@ -147,3 +147,12 @@ def test_routing_groups_repeat_the_routing_round_robin(tmp_path):
     full = plan(scenario(tmp_path, gating={"popularity_skew": 1.0}))
     assert np.array_equal(full[0].routed[:3], plan(sc)[0].routed[:3])  # same first groups
     assert not np.array_equal(full[0].routed[3], full[0].routed[0])
+
+
+def test_progress_reports_routing_and_every_layer(tmp_path):
+    sc = scenario(tmp_path)
+    seen = []
+    run_training(sc, load_topology("dgx-h100"), progress=lambda *a: seen.append(a))
+    assert ("routing", 8, 8) in seen
+    assert [a for a in seen if a[0] == "forward"] == [("forward", i, 2) for i in (1, 2)]
+    assert seen[-1] == ("backward", 2, 2)

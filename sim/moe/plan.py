@@ -54,8 +54,11 @@ class LayerRouting:
         return float(load.max() / load.mean()) if load.sum() else 1.0
 
 
-def plan_step(scenario, layout: Layout, gpu_node: np.ndarray) -> list[LayerRouting]:
-    """Route every MoE layer of ``scenario`` on every GPU; one LayerRouting per MoE layer."""
+def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
+              progress=None) -> list[LayerRouting]:
+    """Route every MoE layer of ``scenario`` on every GPU; one LayerRouting per MoE layer.
+
+    ``progress(stage, done, total)`` is called after each routing group when given."""
     from sim.workload import GateConfig, GateGenerator
 
     model, moe, gating = scenario.model, scenario.moe, scenario.gating
@@ -85,6 +88,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray) -> list[LayerRouti
             routed[li, g] = a.expert_load()
             kept[li, g] = apply_capacity(a, cap, moe.moe_token_drop_policy,
                                          moe.capacity_convention).load
+        if progress is not None:
+            progress("routing", g + 1, groups)
     if groups < p:  # GPU g reuses the routing of group g mod groups
         reuse = np.arange(p) % groups
         routed, kept = routed[:, reuse], kept[:, reuse]

@@ -26,7 +26,7 @@ class TrainingResult:
     spans: list[Span]
 
 
-def step_inputs(scenario, cluster: Cluster, source: str = "") -> StepInputs:
+def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None) -> StepInputs:
     """Sizes, layout and routing plan of ``scenario`` on ``cluster``."""
     model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
     layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
@@ -40,19 +40,21 @@ def step_inputs(scenario, cluster: Cluster, source: str = "") -> StepInputs:
         gated=model.gated_linear_unit, moe_layers=model.moe_layers(), experts=moe.num_experts,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
-        routing=plan_step(scenario, layout, cluster.node_of))
+        routing=plan_step(scenario, layout, cluster.node_of, progress))
 
 
-def run_training(scenario, cluster: Cluster, source: str = "") -> TrainingResult:
-    """Simulate one training step of ``scenario``; every number in the summary is SI."""
-    inp = step_inputs(scenario, cluster, source)
+def run_training(scenario, cluster: Cluster, source: str = "", progress=None) -> TrainingResult:
+    """Simulate one training step of ``scenario``; every number in the summary is SI.
+
+    ``progress(stage, done, total)``: optional callback (routing groups, then layers)."""
+    inp = step_inputs(scenario, cluster, source, progress)
     fab = scenario.fabric
     options = FabricOptions(message_overhead_s=us_to_s(fab.message_overhead_us), ecmp=fab.ecmp,
                             rate_tolerance=fab.rate_tolerance)
     env = simpy.Environment()
     fabric = Fabric(env, cluster, options)
     rec = ListRecorder()
-    proc = env.process(training_step(fabric, inp, rec))
+    proc = env.process(training_step(fabric, inp, rec, progress))
     env.run(proc)
     times = proc.value
     return TrainingResult(

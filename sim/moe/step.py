@@ -79,8 +79,9 @@ def dense_params(inp: StepInputs, moe: bool) -> int:
     return attn + (d * inp.experts if moe else (3 if inp.gated else 2) * d * inp.ffn_hidden)
 
 
-def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
-    """SimPy process: simulate one step; returns StepTimes."""
+def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None) -> Generator:
+    """SimPy process: simulate one step; returns StepTimes. ``progress(stage, done, total)`` is
+    called after each layer of the forward and backward passes when given."""
     rec = recorder or NullRecorder()
     env, cluster, lay = fabric.env, fabric.cluster, inp.layout
     spec = cluster.gpu
@@ -154,6 +155,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
             row["expert_s"] = compute("expert", "fwd", layer, expert_fwd[layer])
             row["combine_s"] = yield from exchange(m.T.copy(), "combine", "fwd", layer)
         out.layer_times.append(row)
+        if progress is not None:
+            progress("forward", layer + 1, len(inp.moe_layers))
 
     # ---- backward (+ gradient reduction)
     reductions = []
@@ -193,6 +196,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None) -> Generator:
         compute("attention", "bwd", layer, np.full(p, backward_time_s(dense_fwd[moe])))
         if inp.overlap_grad_reduce:
             reductions.append(env.process(reducer([layer], float(ready.max()))))
+        if progress is not None:
+            progress("backward", len(inp.moe_layers) - layer, len(inp.moe_layers))
     if not inp.overlap_grad_reduce:
         reductions.append(env.process(reducer(list(range(len(inp.moe_layers))),
                                               float(ready.max()))))
