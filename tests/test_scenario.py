@@ -68,8 +68,12 @@ def test_shipped_scenarios_exist():
 def test_every_shipped_scenario_validates(path):
     sc = load_scenario(path)
     assert sc.name == path.stem
-    assert sc.benchmark.algorithm in COLLECTIVES[sc.benchmark.collective]
-    assert sc.benchmark.sizes and all(s > 0 for s in sc.benchmark.sizes)
+    if sc.kind == "benchmark":
+        assert sc.benchmark.algorithm in COLLECTIVES[sc.benchmark.collective]
+        assert sc.benchmark.sizes and all(s > 0 for s in sc.benchmark.sizes)
+    else:
+        assert sc.model is not None and sc.moe is not None
+        assert len(sc.model.moe_layers()) == sc.model.num_layers
 
 
 def test_good_scenario_values(tmp_path):
