@@ -156,3 +156,32 @@ def test_progress_reports_routing_and_every_layer(tmp_path):
     assert ("routing", 8, 8) in seen
     assert [a for a in seen if a[0] == "forward"] == [("forward", i, 2) for i in (1, 2)]
     assert seen[-1] == ("backward", 2, 2)
+
+
+def test_a_recorded_trace_replaces_generator_and_router(tmp_path):
+    from sim.errors import UserError
+    from sim.workload import RoutingTrace, save_trace
+
+    rng = np.random.default_rng(0)
+    tokens = BASE["model"]["seq_length"]
+    logits = rng.normal(size=(2, 8 * tokens, 16)).astype(np.float32)
+    trace = RoutingTrace.from_logits(logits, top_k=2)
+    path = tmp_path / "trace.npz"
+    save_trace(trace, path)
+    sc = scenario(tmp_path, gating={"trace": str(path)})
+    for li, r in enumerate(plan(sc)):
+        for g in (0, 5):
+            chosen = trace.experts[li, g * tokens:(g + 1) * tokens].ravel()
+            assert np.array_equal(r.routed[g], np.bincount(chosen, minlength=16))
+    res = run_training(sc, load_topology("dgx-h100"))
+    assert res.summary["step_time_s"] > 0
+    bad = scenario(tmp_path, gating={"trace": str(path)}, moe={"num_experts": 8})
+    with pytest.raises(UserError, match="num_experts"):
+        plan(bad)
+
+
+def test_dropless_padded_dispatch_pads_everyone_to_the_largest_load(tmp_path):
+    sc = scenario(tmp_path, moe={"moe_pad_expert_input_to_capacity": True},
+                  gating={"popularity_skew": 1.0})
+    for r in plan(sc):
+        assert np.all(r.slots == r.kept.max()) and r.drop_fraction == 0.0

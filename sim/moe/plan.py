@@ -62,6 +62,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     from sim.workload import GateConfig, GateGenerator
 
     model, moe, gating = scenario.model, scenario.moe, scenario.gating
+    if gating.trace is not None:
+        return _plan_from_trace(scenario, layout)
     n_moe = sum(model.moe_layers())
     tokens = model.micro_batch_size * model.seq_length
     e, k = moe.num_experts, moe.moe_router_topk
@@ -90,17 +92,58 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
                                          moe.capacity_convention).load
         if progress is not None:
             progress("routing", g + 1, groups)
-    if groups < p:  # GPU g reuses the routing of group g mod groups
+    return _layers(routed, kept, cap, moe.moe_pad_expert_input_to_capacity, groups, p)
+
+
+def _layers(routed, kept, cap, pad, groups, p) -> list[LayerRouting]:
+    """LayerRoutings from per-(layer, group, expert) counts; GPU g takes group g mod groups."""
+    if groups < p:
         reuse = np.arange(p) % groups
         routed, kept = routed[:, reuse], kept[:, reuse]
     layers = []
-    for li in range(n_moe):
-        if moe.moe_pad_expert_input_to_capacity:
+    for li in range(routed.shape[0]):
+        if pad:
             if cap is None:  # dropless but padded: everyone pads to the largest load
-                slots = np.full((p, e), kept[li].max())
+                slots = np.full(kept[li].shape, kept[li].max())
             else:
                 slots = np.stack([dispatch_slots(kept[li, g], cap, True) for g in range(p)])
         else:
             slots = kept[li].copy()
         layers.append(LayerRouting(routed[li], kept[li], slots, cap))
     return layers
+
+
+def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
+    """Replay a recorded routing trace: GPU g takes the trace's tokens g*S .. (g+1)*S - 1,
+    wrapping around when the trace is shorter; no generator, no router, same capacity rules."""
+    from sim.errors import UserError
+    from sim.routing import Assignment
+    from sim.workload import load_trace
+
+    model, moe = scenario.model, scenario.moe
+    trace = load_trace(scenario.gating.trace)
+    n_moe = sum(model.moe_layers())
+    where = f"{scenario.gating.trace}"
+    if trace.num_layers != n_moe:
+        raise UserError(f"{where}: experts: the trace has {trace.num_layers} layers, the model "
+                        f"has {n_moe} MoE layers")
+    if trace.num_experts != moe.num_experts:
+        raise UserError(f"{where}: num_experts: the trace has {trace.num_experts}, the scenario "
+                        f"says moe.num_experts = {moe.num_experts}")
+    tokens, e, k = model.micro_batch_size * model.seq_length, moe.num_experts, trace.top_k
+    cap = expert_capacity(moe.capacity_convention, tokens, e, k, moe.moe_expert_capacity_factor)
+    p = layout.gpus
+    groups = min(p, scenario.gating.routing_groups or p)
+    routed = np.zeros((n_moe, groups, e), dtype=np.int64)
+    kept = np.zeros_like(routed)
+    rows = np.repeat(np.arange(tokens), k)
+    choice = np.tile(np.arange(k), tokens)
+    for g in range(groups):
+        idx = (np.arange(tokens) + g * tokens) % trace.num_tokens
+        for li in range(n_moe):
+            score = trace.scores[li, idx].ravel().astype(float)
+            a = Assignment(rows, trace.experts[li, idx].ravel(), score, choice, score, tokens, e)
+            routed[li, g] = a.expert_load()
+            kept[li, g] = apply_capacity(a, cap, moe.moe_token_drop_policy,
+                                         moe.capacity_convention).load
+    return _layers(routed, kept, cap, moe.moe_pad_expert_input_to_capacity, groups, p)
