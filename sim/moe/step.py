@@ -97,8 +97,9 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         for g in gpus:
             rec.span(g, cat, phase, layer, start[g], end[g])
 
-    def count(matrix):
-        cross = node[:, None] != node[None, :]
+    cross = node[:, None] != node[None, :]
+
+    def count(matrix):  # bytes between GPUs of different servers / of one server
         np.fill_diagonal(matrix, 0.0)
         out.inter_node_bytes += float(matrix[cross].sum())
         out.intra_node_bytes += float(matrix[~cross].sum())
