@@ -23,7 +23,8 @@ BASE = {
 
 
 def scenario(tmp_path, sets=(), **sections):
-    data = {**BASE, **{k: {**BASE.get(k, {}), **v} for k, v in sections.items()}}
+    data = {**BASE, **{k: {**BASE[k], **v} if isinstance(BASE.get(k), dict) else v
+                       for k, v in sections.items()}}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_scenario(path, list(sets))
@@ -185,3 +186,93 @@ def test_dropless_padded_dispatch_pads_everyone_to_the_largest_load(tmp_path):
                   gating={"popularity_skew": 1.0})
     for r in plan(sc):
         assert np.all(r.slots == r.kept.max()) and r.drop_fraction == 0.0
+
+
+@pytest.mark.parametrize(("tp", "etp"), [(2, 2), (2, 1), (4, 4)])
+def test_tensor_parallel_step_matches_hand_computed_time(tmp_path, tp, etp):
+    # sequence parallel: each rank routes t/tp tokens; expert choice fills every expert evenly
+    p, e = 8, 16
+    units = p // etp
+    sc = scenario(tmp_path, moe={"router": {"name": "expert_choice",
+                                            "params": {"capacity_factor": 2.0}}},
+                  model={"num_layers": 1}, training={"overlap_grad_reduce": False},
+                  fabric={"rate_tolerance": 0.0},
+                  parallel={"tensor_model_parallel_size": tp, "expert_tensor_parallel_size": etp,
+                            "expert_model_parallel_size": units})
+    cl = load_topology("dgx-h100")
+    res = run_training(sc, cl)
+    spec, m = cl.gpu, sc.model
+    t = m.seq_length // tp
+    c = round(2.0 * t / e)
+    act = m.hidden_size * 2
+    bw = cl.links.capacity_Bps.min()
+    lat = 2 * 0.5e-6
+    epu = e // units  # experts per unit
+    pair = epu * c * act
+    a2a = lat + (units - 1) * pair / bw
+    unit_gather = lat + (etp - 1) * units * pair / bw if etp > 1 else 0.0
+    tp_gather = lat + (tp - 1) * t * act / bw
+    attn = float(dense_layer_time_s(m.seq_length, m.seq_length, m.hidden_size,
+                                    m.num_attention_heads, spec, num_experts=e)) / tp
+    expert = float(expert_ffn_time_s(np.full(epu, p * c), m.hidden_size,
+                                     m.ffn_hidden_size / etp, spec).sum())
+    grads = dense_params(_inputs(sc), True) / tp * 4
+    n = p // tp  # data-parallel ranks per dense shard
+    allreduce = 2 * (n - 1) * (lat + grads / n / bw)
+    expect = (3 * attn + 4 * a2a + 3 * expert + 4 * tp_gather + 4 * unit_gather + allreduce)
+    assert res.summary["step_time_s"] == pytest.approx(expect, rel=1e-9)
+    assert res.summary["tp_time_s"] == pytest.approx(4 * tp_gather + 4 * unit_gather, rel=1e-9)
+    assert res.summary["tokens_per_s"] == pytest.approx(p // tp * m.seq_length / expect)
+
+
+def test_expert_tensor_parallel_layout():
+    lay = Layout.build(16, 2, 8, tp=4, etp=4, gpus_per_node=8)
+    dest = lay.expert_gpu(np.array([0, 5, 9]))
+    # unit = TP group of 4; EP group = 2 units = 8 GPUs; 4 experts per unit; same TP rank
+    assert dest[0].tolist() == [0, 0, 0, 0, 4, 4, 4, 4]
+    assert dest[1].tolist() == [1, 1, 1, 1, 5, 5, 5, 5]
+    assert dest[2].tolist() == [9, 9, 9, 9, 13, 13, 13, 13]
+    groups = lay.expert_dp_groups()  # the same shard of the same experts: rank r and r + 8
+    assert groups.shape == (8, 2) and groups[3].tolist() == [3, 11]
+    assert lay.dense_dp_groups(np.arange(16)).tolist() == [[0, 4, 8, 12], [1, 5, 9, 13],
+                                                           [2, 6, 10, 14], [3, 7, 11, 15]]
+
+
+@pytest.mark.parametrize(("par", "match"), [
+    ({"tensor_model_parallel_size": 3}, "tensor_model_parallel_size: must divide the 8 GPUs"),
+    ({"tensor_model_parallel_size": 2, "expert_tensor_parallel_size": 4},
+     "expert_tensor_parallel_size: must be 1 or"),
+    ({"tensor_model_parallel_size": 4, "expert_model_parallel_size": 8},
+     "must divide the 2 TP groups"),
+])
+def test_bad_tensor_parallel_layout_is_a_user_error(tmp_path, par, match):
+    from sim.errors import UserError
+
+    sc = scenario(tmp_path, parallel=par)
+    with pytest.raises(UserError, match=match):
+        run_training(sc, load_topology("dgx-h100"))
+
+
+def test_tensor_parallel_must_divide_the_heads(tmp_path):
+    from sim.errors import UserError
+
+    sc = scenario(tmp_path, model={"num_attention_heads": 6},
+                  parallel={"tensor_model_parallel_size": 4, "expert_model_parallel_size": 2})
+    with pytest.raises(UserError, match="num_attention_heads = 6"):
+        run_training(sc, load_topology("dgx-h100"))
+
+
+def test_hierarchical_dispatch_moves_the_same_inter_node_bytes(tmp_path):
+    base = {"topology": {"name": "h100-leaf-spine", "nodes": 2},
+            "parallel": {"expert_model_parallel_size": 16}, "gating": {"popularity_skew": 1.0},
+            "training": {"overlap_grad_reduce": False}}
+    direct = run_training(s := scenario(tmp_path, **base),
+                          load_topology("h100-leaf-spine", {"nodes": 2})).summary
+    base["training"]["a2a_algorithm"] = "hierarchical"
+    hier = run_training(scenario(tmp_path, **base),
+                        load_topology("h100-leaf-spine", {"nodes": 2})).summary
+    assert s.training.a2a_algorithm == "direct"
+    assert hier["inter_node_bytes"] == pytest.approx(direct["inter_node_bytes"])
+    # the gather and scatter stages add intra-node copies
+    assert hier["intra_node_bytes"] > direct["intra_node_bytes"]
+    assert hier["a2a_time_s"] != direct["a2a_time_s"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 #: Span categories, in the order plots stack them.
-CATEGORIES = ("attention", "gate", "dispatch", "expert", "combine", "allreduce")
+CATEGORIES = ("attention", "gate", "dispatch", "expert", "combine", "tp", "allreduce")
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     if gating.trace is not None:
         return _plan_from_trace(scenario, layout)
     n_moe = sum(model.moe_layers())
-    tokens = model.micro_batch_size * model.seq_length
+    tokens = model.micro_batch_size * model.seq_length // layout.tp  # sequence-parallel shard
     e, k = moe.num_experts, moe.moe_router_topk
     cfg = GateConfig(**{f: getattr(gating, f) for f in (
         "vocab_size", "zipf_exponent", "alpha_id", "sigma_ctx", "popularity_skew",
@@ -130,7 +130,8 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
     if trace.num_experts != moe.num_experts:
         raise UserError(f"{where}: num_experts: the trace has {trace.num_experts}, the scenario "
                         f"says moe.num_experts = {moe.num_experts}")
-    tokens, e, k = model.micro_batch_size * model.seq_length, moe.num_experts, trace.top_k
+    tokens = model.micro_batch_size * model.seq_length // layout.tp
+    e, k = moe.num_experts, trace.top_k
     cap = expert_capacity(moe.capacity_convention, tokens, e, k, moe.moe_expert_capacity_factor)
     p = layout.gpus
     groups = min(p, scenario.gating.routing_groups or p)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from sim.errors import UserError
 from sim.metrics import CATEGORIES, ListRecorder, Span
 from sim.moe.layout import Layout
 from sim.moe.plan import plan_step
@@ -29,18 +30,28 @@ class TrainingResult:
 def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None) -> StepInputs:
     """Sizes, layout and routing plan of ``scenario`` on ``cluster``."""
     model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
+    tp = par.tensor_model_parallel_size
     layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
-                          par.tensor_model_parallel_size, source)
+                          tp, source, par.expert_tensor_parallel_size, cluster.gpus_per_node)
+    where = f"{source}: " if source else ""
+    tokens = model.micro_batch_size * model.seq_length
+    for name, value in (("model.seq_length x micro_batch_size", tokens),
+                        ("model.num_attention_heads", model.num_attention_heads),
+                        ("model.ffn_hidden_size", model.ffn_hidden_size)):
+        if value % tp:
+            raise UserError(f"{where}parallel.tensor_model_parallel_size: must divide "
+                            f"{name} = {value} (got {tp})")
     return StepInputs(
         hidden=model.hidden_size, ffn_hidden=model.ffn_hidden_size,
         moe_ffn_hidden=moe.moe_ffn_hidden_size or model.ffn_hidden_size,
         heads=model.num_attention_heads,
         kv_heads=model.num_query_groups or model.num_attention_heads,
-        seq_len=model.seq_length, tokens=model.micro_batch_size * model.seq_length,
+        seq_len=model.seq_length, tokens=tokens // tp,
         gated=model.gated_linear_unit, moe_layers=model.moe_layers(), experts=moe.num_experts,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
-        routing=plan_step(scenario, layout, cluster.node_of, progress))
+        routing=plan_step(scenario, layout, cluster.node_of, progress),
+        a2a_algorithm=tr.a2a_algorithm)
 
 
 def run_training(scenario, cluster: Cluster, source: str = "", progress=None) -> TrainingResult:
@@ -84,6 +95,7 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "a2a_time_s": a2a,
         "a2a_fraction": a2a / step if step > 0 else 0.0,
         "compute_time_s": breakdown["attention"] + breakdown["gate"] + breakdown["expert"],
+        "tp_time_s": breakdown["tp"],
         "allreduce_time_s": times.allreduce_exposed_s,
         "drop_fraction": (routed - kept) / routed if routed else 0.0,
         "padding_fraction": (sent - kept) / sent if sent else 0.0,
@@ -105,7 +117,8 @@ def layer_rows(inp: StepInputs, times) -> list[dict]:
     for t in times.layer_times:
         row = {"layer": t["layer"], "moe": t["moe"], "attention_s": t["attention_s"],
                "dispatch_s": t.get("dispatch_s", 0.0), "expert_s": t.get("expert_s", 0.0),
-               "combine_s": t.get("combine_s", 0.0), "drop_fraction": 0.0,
+               "combine_s": t.get("combine_s", 0.0), "tp_s": t.get("tp_s", 0.0),
+               "drop_fraction": 0.0,
                "padding_fraction": 0.0, "imbalance": 0.0, "expert_load": []}
         if t["moe"]:
             r = inp.routing[k]

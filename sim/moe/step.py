@@ -6,8 +6,16 @@ it continues when all its incoming flows have arrived. Per MoE layer, forward:
 attention (+ norms + router GEMM) -> dispatch All-to-All (slots per (GPU, expert) from the
 routing plan) -> expert FFNs on the tokens received -> combine All-to-All (the reverse).
 Backward mirrors it with twice the compute (combine-backward, experts, dispatch-backward,
-attention). Gradients are reduced by pipelined ring AllReduce: dense weights over all GPUs,
-expert weights over each expert's replicas; with ``overlap_grad_reduce`` each layer's
+attention). With tensor parallelism (``Layout.tp`` > 1, sequence parallel) attention and dense
+FFNs take 1/tp of the TP group's compute, framed by an AllGather before and a ReduceScatter
+after (two pairs for a dense-FFN layer), each rank sending its shard straight to the other ranks
+of its group; with expert tensor parallelism the ranks of an expert unit AllGather the tokens
+they received, each computes its 1/etp shard of every expert on all of them, and a
+ReduceScatter returns the outputs before the combine. ``a2a_algorithm = "hierarchical"`` sends
+dispatch and combine in three stages (``sim.collectives.hierarchical_stages``), each GPU moving
+on to the next stage when it has received everything of the previous one.
+Gradients are reduced by pipelined ring AllReduce: dense weight shards over the data-parallel
+ranks, expert shards over each expert's replicas; with ``overlap_grad_reduce`` each layer's
 reduction starts as soon as the last GPU has finished that layer's backward, else all of it
 after the backward pass.
 The step ends when the last GPU is done and every reduction has finished.
@@ -24,7 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.collectives.algorithms import ring_all_reduce_groups, ring_order, staggered_transfer
+from sim.collectives.algorithms import (
+    hierarchical_stages,
+    ring_all_reduce_groups,
+    ring_order,
+    staggered_transfer,
+)
 from sim.compute import backward_time_s, dense_layer_time_s, expert_ffn_time_s
 from sim.metrics import NullRecorder
 from sim.moe.layout import Layout
@@ -44,7 +57,7 @@ class StepInputs:
     heads: int
     kv_heads: int
     seq_len: int
-    tokens: int  # per GPU
+    tokens: int  # per GPU: the sequence-parallel shard of the micro-batch when tp > 1
     gated: bool
     moe_layers: list[bool]
     experts: int
@@ -53,6 +66,7 @@ class StepInputs:
     overlap_grad_reduce: bool
     layout: Layout
     routing: list[LayerRouting]  # one per MoE layer, in order
+    a2a_algorithm: str = "direct"  # or "hierarchical"
 
 
 @dataclass
@@ -68,7 +82,7 @@ class StepTimes:
 
 
 def expert_params(inp: StepInputs) -> int:
-    """Weights of one expert."""
+    """Weights of one expert (all its shards)."""
     return (3 if inp.gated else 2) * inp.hidden * inp.moe_ffn_hidden
 
 
@@ -77,6 +91,19 @@ def dense_params(inp: StepInputs, moe: bool) -> int:
     d, kv = inp.hidden, inp.hidden * inp.kv_heads // inp.heads
     attn = d * (d + 2 * kv) + d * d
     return attn + (d * inp.experts if moe else (3 if inp.gated else 2) * d * inp.ffn_hidden)
+
+
+def group_matrix(groups: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """(P, P) bytes: every rank sends ``nbytes[rank]`` to each other rank of its row of
+    ``groups`` (a direct AllGather; its transpose is the matching ReduceScatter)."""
+    p = groups.size
+    m = np.zeros((p, p))
+    n = groups.shape[1]
+    src = np.repeat(groups, n, axis=1).ravel()
+    dst = np.tile(groups, (1, n)).ravel()
+    m[src, dst] = np.asarray(nbytes, dtype=float)[src]
+    np.fill_diagonal(m, 0.0)
+    return m
 
 
 def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None) -> Generator:
@@ -109,14 +136,25 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         np.add.at(m, (gpus[:, None] * p + dest).ravel(), r.slots.ravel() * float(act))
         return m.reshape(p, p)
 
-    def exchange(matrix, phase_span, phase, layer):
+    def stages(matrix, a2a):
+        if not (a2a and inp.a2a_algorithm == "hierarchical"):
+            return [matrix]
+        out = []
+        for src, dst, nbytes in hierarchical_stages(cluster, matrix):
+            m = np.zeros((p, p))
+            m[src, dst] = nbytes
+            out.append(m)
+        return out
+
+    def exchange(matrix, phase_span, phase, layer, a2a=True):
         nonlocal ready
         start = ready.copy()
-        span = max(start.max() - start.min(), 0.0)
-        recv, _ = yield from staggered_transfer(fabric, matrix, ready, START_MERGE * span)
-        ready = np.maximum(ready, recv)
+        for m in stages(matrix, a2a):
+            span = max(ready.max() - ready.min(), 0.0)
+            recv, _ = yield from staggered_transfer(fabric, m, ready, START_MERGE * span)
+            ready = np.maximum(ready, recv)
+            count(m.copy())
         spans(phase_span, phase, layer, start, ready)
-        count(matrix.copy())
         return float((ready - start).max())
 
     def compute(cat, phase, layer, seconds):
@@ -127,33 +165,59 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         return float(np.max(seconds))
 
     moe_index = np.cumsum(inp.moe_layers) - 1
-    dense_fwd = {}
+    tp, etp = lay.tp, lay.etp
+    dense_fwd, tp_gather = {}, {}
     for moe in (False, True):
+        # the TP group's micro-batch, 1/tp of its compute on each rank
         dense_fwd[moe] = float(dense_layer_time_s(
-            inp.tokens, inp.seq_len, inp.hidden, inp.heads, spec,
+            inp.tokens * tp, inp.seq_len, inp.hidden, inp.heads, spec,
             ffn_hidden=None if moe else inp.ffn_hidden, gated=inp.gated,
             num_experts=inp.experts if moe else None, kv_heads=inp.kv_heads,
-            dtype_bytes=inp.dtype_bytes))
-    matrices, expert_fwd = {}, {}
+            dtype_bytes=inp.dtype_bytes)) / tp
+        # sequence-parallel AllGather before the TP-split blocks (ReduceScatter after: .T);
+        # a dense-FFN layer has two such blocks, attention and MLP
+        blocks = 1 if moe else 2
+        tp_gather[moe] = (group_matrix(lay.tp_groups(), np.full(p, blocks * inp.tokens * act))
+                          if tp > 1 else None)
+    units = lay.unit_groups()
+    matrices, expert_fwd, unit_gather = {}, {}, {}
     for layer, moe in enumerate(inp.moe_layers):
         if moe:
             r = inp.routing[moe_index[layer]]
-            matrices[layer] = dispatch_matrix(r)
+            m = dispatch_matrix(r)
+            matrices[layer] = m
             recv_slots = np.zeros((p, inp.experts))
             np.add.at(recv_slots, (dest.ravel(), np.tile(np.arange(inp.experts), p)),
                       r.slots.ravel())
-            per_expert = expert_ffn_time_s(recv_slots, inp.hidden, inp.moe_ffn_hidden, spec,
-                                           gated=inp.gated, dtype_bytes=inp.dtype_bytes)
-            expert_fwd[layer] = per_expert.sum(axis=1)  # experts with no token cost nothing
+            # each rank of an expert unit computes its 1/etp shard on all the unit's tokens
+            unit_slots = recv_slots[units].sum(axis=1)
+            per_expert = expert_ffn_time_s(unit_slots, inp.hidden, inp.moe_ffn_hidden / etp,
+                                           spec, gated=inp.gated, dtype_bytes=inp.dtype_bytes)
+            expert_fwd[layer] = np.repeat(per_expert.sum(axis=1), etp)  # idle experts: free
+            if etp > 1:
+                unit_gather[layer] = group_matrix(units, m.sum(axis=0))
 
     # ---- forward
+    def tp_framed(cat, phase, layer, seconds, gather):
+        """AllGather -> compute -> ReduceScatter (just the compute when there is no group)."""
+        t = 0.0
+        if gather is not None:
+            t += yield from exchange(gather, "tp", phase, layer, a2a=False)
+        c = compute(cat, phase, layer, seconds)
+        if gather is not None:
+            t += yield from exchange(gather.T.copy(), "tp", phase, layer, a2a=False)
+        return c, t
+
     for layer, moe in enumerate(inp.moe_layers):
         row = {"layer": layer, "moe": moe}
-        row["attention_s"] = compute("attention", "fwd", layer, np.full(p, dense_fwd[moe]))
+        row["attention_s"], row["tp_s"] = yield from tp_framed(
+            "attention", "fwd", layer, np.full(p, dense_fwd[moe]), tp_gather[moe])
         if moe:
             m = matrices[layer]
             row["dispatch_s"] = yield from exchange(m, "dispatch", "fwd", layer)
-            row["expert_s"] = compute("expert", "fwd", layer, expert_fwd[layer])
+            row["expert_s"], t = yield from tp_framed(
+                "expert", "fwd", layer, expert_fwd[layer], unit_gather.get(layer))
+            row["tp_s"] += t
             row["combine_s"] = yield from exchange(m.T.copy(), "combine", "fwd", layer)
         out.layer_times.append(row)
         if progress is not None:
@@ -161,15 +225,15 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
 
     # ---- backward (+ gradient reduction)
     reductions = []
-    all_ranks = ring_order(cluster)[None, :]
+    dense_groups = lay.dense_dp_groups(ring_order(cluster))
     expert_groups = lay.expert_dp_groups()
 
     def reduce(layers):
-        dense = sum(dense_params(inp, inp.moe_layers[i]) for i in layers)
-        expert = sum(expert_params(inp) * lay.experts_per_gpu for i in layers
+        dense = sum(dense_params(inp, inp.moe_layers[i]) for i in layers) / tp
+        expert = sum(expert_params(inp) / etp * lay.experts_per_gpu for i in layers
                      if inp.moe_layers[i])
         procs = []
-        for groups, nbytes in ((all_ranks, dense), (expert_groups, expert)):
+        for groups, nbytes in ((dense_groups, dense), (expert_groups, expert)):
             nbytes *= inp.grad_dtype_bytes
             n = groups.shape[1]
             if n > 1 and nbytes > 0:
@@ -192,9 +256,11 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         if moe:
             m = matrices[layer]
             yield from exchange(m, "combine", "bwd", layer)
-            compute("expert", "bwd", layer, backward_time_s(expert_fwd[layer]))
+            yield from tp_framed("expert", "bwd", layer, backward_time_s(expert_fwd[layer]),
+                                 unit_gather.get(layer))
             yield from exchange(m.T.copy(), "dispatch", "bwd", layer)
-        compute("attention", "bwd", layer, np.full(p, backward_time_s(dense_fwd[moe])))
+        yield from tp_framed("attention", "bwd", layer,
+                             np.full(p, backward_time_s(dense_fwd[moe])), tp_gather[moe])
         if inp.overlap_grad_reduce:
             reductions.append(env.process(reducer([layer], float(ready.max()))))
         if progress is not None:

@@ -20,6 +20,7 @@ SUMMARY_FIELDS: tuple[tuple[str, str, float], ...] = (
     ("a2a_time_s", "all-to-all time (ms)", 1e3),
     ("a2a_fraction", "all-to-all share of step (%)", 100.0),
     ("compute_time_s", "compute time (ms)", 1e3),
+    ("tp_time_s", "tensor-parallel comm. time (ms)", 1e3),
     ("allreduce_time_s", "AllReduce time (ms)", 1e3),
     ("drop_fraction", "dropped tokens (%)", 100.0),
     ("padding_fraction", "padding (%)", 100.0),

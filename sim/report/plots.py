@@ -23,6 +23,7 @@ CATEGORY_COLOURS: dict[str, str] = {
     "dispatch": "#F58518",
     "expert": "#54A24B",
     "combine": "#E45756",
+    "tp": "#EECA3B",
     "allreduce": "#72B7B2",
 }
 _OTHER_COLOUR = "#9D9D9D"

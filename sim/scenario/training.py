@@ -81,7 +81,10 @@ class Parallel(StrictModel):
     """Layout over the cluster's GPUs: data parallel size = GPUs / tensor parallel size."""
 
     tensor_model_parallel_size: int = Field(1, ge=1)
+    """Attention and dense FFNs split over this many GPUs of one server (sequence parallel)."""
     expert_model_parallel_size: int = Field(1, ge=1)
+    expert_tensor_parallel_size: int | None = Field(None, ge=1)
+    """Each expert split over 1 or tensor_model_parallel_size GPUs; None = the latter."""
 
 
 class Training(StrictModel):
@@ -91,7 +94,9 @@ class Training(StrictModel):
     """Bytes per gradient element in the data-parallel AllReduce (4 = fp32 reduction)."""
     overlap_grad_reduce: bool = True
     """Start each layer's gradient AllReduce as soon as its backward is done."""
-    a2a_algorithm: Literal["direct", "pairwise", "hierarchical"] = "direct"
+    a2a_algorithm: Literal["direct", "hierarchical"] = "direct"
+    """Dispatch and combine: straight to the destination GPU, or hierarchical (gather to the
+    GPU of the destination's local rank, exchange on that rail, scatter)."""
     step: int = Field(0, ge=0)
     """Which training step's routing to simulate (drift moves with it)."""
 
