@@ -87,7 +87,7 @@ def test_step_breakdown_one_bar_per_nonzero_category(run):
     summary = run[0]
     fig = step_breakdown(summary)
     assert isinstance(fig, go.Figure)
-    nonzero = [c for c in CATEGORIES if summary["breakdown_s"][c] > 0]
+    nonzero = [c for c in CATEGORIES if summary["breakdown_s"].get(c, 0.0) > 0]
     assert [t.name for t in fig.data] == nonzero
     for t in fig.data:
         assert t.orientation == "h"
