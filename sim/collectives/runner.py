@@ -14,7 +14,7 @@ from sim.network import Fabric, FabricOptions, FabricStats, Routes
 from sim.rng import stream
 from sim.scenario.schema import COLLECTIVES  # names only; the schema validates against them
 from sim.topology.cluster import Cluster
-from sim.units import bytes_per_s_to_gbps, us_to_s
+from sim.units import bytes_per_s_to_gbps
 
 
 @dataclass
@@ -60,11 +60,7 @@ def run_collective(
 def run_benchmark(scenario, cluster: Cluster) -> list[dict]:
     """One row per message size of ``scenario.benchmark``: time, algbw and busbw (Gbit/s)."""
     bench, fab = scenario.benchmark, scenario.fabric
-    options = FabricOptions(
-        message_overhead_s=us_to_s(fab.message_overhead_us),
-        ecmp=fab.ecmp,
-        rate_tolerance=fab.rate_tolerance,
-    )
+    options = FabricOptions.from_settings(fab)
     routes = Routes(cluster, options.ecmp)
     rng = stream(scenario.seed, "traffic")
     p = cluster.num_gpus

@@ -14,7 +14,7 @@ from sim.moe.plan import plan_step
 from sim.moe.step import StepInputs, training_step
 from sim.network import Fabric, FabricOptions
 from sim.topology.cluster import Cluster
-from sim.units import bytes_per_s_to_gbps, us_to_s
+from sim.units import bytes_per_s_to_gbps
 
 
 @dataclass
@@ -60,8 +60,7 @@ def run_training(scenario, cluster: Cluster, source: str = "", progress=None) ->
     ``progress(stage, done, total)``: optional callback (routing groups, then layers)."""
     inp = step_inputs(scenario, cluster, source, progress)
     fab = scenario.fabric
-    options = FabricOptions(message_overhead_s=us_to_s(fab.message_overhead_us), ecmp=fab.ecmp,
-                            rate_tolerance=fab.rate_tolerance)
+    options = FabricOptions.from_settings(fab)
     env = simpy.Environment()
     fabric = Fabric(env, cluster, options)
     rec = ListRecorder()

@@ -46,6 +46,12 @@ class FabricOptions:
     ecmp: str = "balanced"
     rate_tolerance: float = 3e-3
 
+    @classmethod
+    def from_settings(cls, s) -> FabricOptions:
+        """From a scenario's ``fabric`` section (file units: microseconds)."""
+        return cls(message_overhead_s=s.message_overhead_us * 1e-6, ecmp=s.ecmp,
+                   rate_tolerance=s.rate_tolerance)
+
 
 @dataclass
 class Transfer:
