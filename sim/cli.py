@@ -79,6 +79,42 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
 
 
+@cli.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--routers", "routers", required=True, metavar="VARIANTS",
+              help="Comma-separated NAME[+ir][+fr][(key=value,...)], e.g. "
+                   "'switch,hash,locmoe(locality_bias=2)'; the first is the baseline.")
+@click.option("--sweep", metavar="FIELD=V1,V2,...",
+              help="Also sweep one scenario field, e.g. moe.moe_expert_capacity_factor=0.5,1,2.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a field of the base scenario (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Output directory (default: runs/<scenario>-compare-<YYYYmmdd-HHMMSS>/).")
+def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ...],
+            out: Path | None) -> None:
+    """Run training SCENARIO under several routers: print a side-by-side table and write
+    compare.csv, compare.json and compare.html (plotly)."""
+    from sim import output
+    from sim.compare import COLUMNS, format_table, parse_sweep, split_variants
+    from sim.compare import compare as run_compare
+
+    variants = split_variants(routers)
+    key, _ = parse_sweep(sweep)
+    if out is not None:
+        output.check_out_dir(out)
+    rows = run_compare(scenario, variants, sets, sweep, progress=_progress())
+    click.echo(format_table(rows, key))
+    from sim.report.compare import comparison
+    from sim.scenario import load_scenario
+
+    name = load_scenario(scenario, sets).name
+    html = comparison(rows, key).to_html(include_plotlyjs="inline", full_html=True)
+    files = {"compare.csv": output.csv_text(rows, [c for c in COLUMNS if key or c != "sweep"]),
+             "compare.json": rows, "compare.html": html}
+    path = output.write_run(out or output.default_run_dir(f"{name}-compare"), files)
+    click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
+
+
 def _progress():
     """A progress line on stderr when it is a terminal (``routing 12/64``), else nothing."""
     import sys

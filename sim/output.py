@@ -135,7 +135,7 @@ def csv_text(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-LAYER_COLUMNS = ("layer", "moe", "attention_s", "dispatch_s", "expert_s", "combine_s",
+LAYER_COLUMNS = ("layer", "moe", "attention_s", "dispatch_s", "expert_s", "combine_s", "tp_s",
                  "drop_fraction", "padding_fraction", "imbalance", "expert_load")
 LINK_COLUMNS = ("link", "src", "dst", "tier", "capacity_gbps", "bytes", "utilisation")
 

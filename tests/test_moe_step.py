@@ -276,3 +276,26 @@ def test_hierarchical_dispatch_moves_the_same_inter_node_bytes(tmp_path):
     # the gather and scatter stages add intra-node copies
     assert hier["intra_node_bytes"] > direct["intra_node_bytes"]
     assert hier["a2a_time_s"] != direct["a2a_time_s"]
+
+
+def test_bilevel_dispatch_crosses_nodes_once_on_the_source_rail(tmp_path):
+    from sim.collectives.algorithms import hierarchical_stages
+
+    base = {"topology": {"name": "h100-leaf-spine", "nodes": 2},
+            "parallel": {"expert_model_parallel_size": 16}, "gating": {"popularity_skew": 1.0},
+            "training": {"overlap_grad_reduce": False, "a2a_algorithm": "bilevel"}}
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    bilevel = run_training(scenario(tmp_path, **base), cl).summary
+    base["training"]["a2a_algorithm"] = "direct"
+    direct = run_training(scenario(tmp_path, **base), cl).summary
+    assert bilevel["inter_node_bytes"] == pytest.approx(direct["inter_node_bytes"])
+    assert bilevel["intra_node_bytes"] > direct["intra_node_bytes"]  # the second hop
+    # the stages: across nodes only between equal local ranks, then only inside a node
+    m = np.random.default_rng(0).random((16, 16))
+    first, cross, last = hierarchical_stages(cl, m, relay="source")
+    node, local = cl.node_of, cl.local_rank
+    assert len(first[0]) == 0  # no gather: the source itself is the relay
+    assert np.all(node[cross[0]] != node[cross[1]]) and np.all(local[cross[0]] == local[cross[1]])
+    assert np.all(node[last[0]] == node[last[1]])
+    off = node[:, None] != node[None, :]
+    assert cross[2].sum() == pytest.approx(m[off].sum())  # every cross-node byte once

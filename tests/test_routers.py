@@ -19,6 +19,7 @@ def logits(seed: int = 0, t: int = T, e: int = E) -> np.ndarray:
 
 def ctx(seed: int = 1, k: int = K, **kw) -> RouterContext:
     kw.setdefault("token_ids", np.random.default_rng(99).integers(0, 50_000, T))
+    kw.setdefault("token_gpu", np.arange(T) % 8)  # tokens spread over the 8 GPUs (locmoe)
     return RouterContext(topk=k, rng=np.random.default_rng(seed), expert_gpu=EXPERT_GPU,
                          gpu_node=GPU_NODE, **kw)
 

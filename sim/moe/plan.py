@@ -7,14 +7,17 @@ the step process times on the fabric.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from sim.moe import rectify
 from sim.moe.capacity import apply_capacity, dispatch_slots, expert_capacity
 from sim.moe.layout import Layout
 from sim.rng import stream
 from sim.routing import RouterContext, route
+from sim.routing.common import softmax
 
 
 @dataclass(frozen=True)
@@ -23,14 +26,25 @@ class LayerRouting:
 
     * ``routed`` (P, E): (token, expert) pairs each GPU's router chose
     * ``kept`` (P, E): pairs that survived capacity (the rest pass through the residual)
-    * ``slots`` (P, E): token slots actually sent (``kept``, or the capacity when padded)
+    * ``slots`` (P, E): token slots actually sent (``kept`` + ``filled``, or the capacity when
+      padded)
     * ``capacity``: slots per expert per routing group, None when dropless
+    * ``filled`` (P, E): fill-in tokens in slots the top-k left empty (Rectify FR), else zeros
+    * ``local`` (P, E): tokens GPU p processes itself on its expert e after losing their slots
+      (Rectify IR; e is on p), else zeros
     """
 
     routed: np.ndarray
     kept: np.ndarray
     slots: np.ndarray
     capacity: int | None
+    filled: np.ndarray | None = None
+    local: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name in ("filled", "local"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros_like(self.routed))
 
     @property
     def drop_fraction(self) -> float:
@@ -40,7 +54,7 @@ class LayerRouting:
     @property
     def padding_fraction(self) -> float:
         sent = self.slots.sum()
-        return float((sent - self.kept.sum()) / sent) if sent else 0.0
+        return float((sent - self.kept.sum() - self.filled.sum()) / sent) if sent else 0.0
 
     @property
     def expert_load(self) -> np.ndarray:
@@ -52,6 +66,19 @@ class LayerRouting:
         """max / mean of the routed load per expert."""
         load = self.expert_load
         return float(load.max() / load.mean()) if load.sum() else 1.0
+
+
+def capacity_of(scenario, tokens: int, k: int) -> int | None:
+    """Slots per expert per routing group of ``tokens`` (None = dropless); see Moe."""
+    moe = scenario.moe
+    cf = moe.moe_expert_capacity_factor
+    if cf == "critical":
+        from sim.routing.locmoe import critical_capacity_tokens
+
+        ec = critical_capacity_tokens(scenario.model.hidden_size, moe.num_experts,
+                                      moe.critical_capacity_delta)
+        return max(1, math.ceil(ec))
+    return expert_capacity(moe.capacity_convention, tokens, moe.num_experts, k, cf)
 
 
 def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
@@ -71,14 +98,13 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
         "vocab_size", "zipf_exponent", "alpha_id", "sigma_ctx", "popularity_skew",
         "collapse_fraction", "affinity", "temporal_locality", "drift", "domain_shift")})
     gen = GateGenerator(n_moe, e, cfg, scenario.seed)
-    cap = expert_capacity(moe.capacity_convention, tokens, e, k, moe.moe_expert_capacity_factor)
+    cap = capacity_of(scenario, tokens, k)
     rng = stream(scenario.seed, "routing")
     p = layout.gpus
-    routed = np.zeros((n_moe, p, e), dtype=np.int64)
-    kept = np.zeros((n_moe, p, e), dtype=np.int64)
+    groups = min(p, gating.routing_groups or p)
+    counts = _Counts(n_moe, groups, e)
     step = scenario.training.step
     expert_gpu = layout.expert_gpu(np.arange(p))
-    groups = min(p, gating.routing_groups or p)
     for g in range(groups):
         ids = gen.tokens(step, tokens, group=g)
         logits = gen.logits(step, ids, group=g)
@@ -87,30 +113,52 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
             token_gpu=np.full(tokens, g), capacity=cap, params=dict(moe.router.params))
         for li in range(n_moe):
             a = route(moe.router.name, logits[li], ctx)
-            routed[li, g] = a.expert_load()
-            kept[li, g] = apply_capacity(a, cap, moe.moe_token_drop_policy,
-                                         moe.capacity_convention).load
+            counts.add(li, g, a, logits[li], cap, moe, expert_gpu[g] == g)
         if progress is not None:
             progress("routing", g + 1, groups)
-    return _layers(routed, kept, cap, moe.moe_pad_expert_input_to_capacity, groups, p)
+    return counts.layers(cap, moe.moe_pad_expert_input_to_capacity, p)
 
 
-def _layers(routed, kept, cap, pad, groups, p) -> list[LayerRouting]:
-    """LayerRoutings from per-(layer, group, expert) counts; GPU g takes group g mod groups."""
-    if groups < p:
-        reuse = np.arange(p) % groups
-        routed, kept = routed[:, reuse], kept[:, reuse]
-    layers = []
-    for li in range(routed.shape[0]):
-        if pad:
-            if cap is None:  # dropless but padded: everyone pads to the largest load
-                slots = np.full(kept[li].shape, kept[li].max())
+class _Counts:
+    """Per (layer, routing group, expert) counts of routed, kept, filled-in and local tokens."""
+
+    def __init__(self, n_moe: int, groups: int, e: int):
+        self.routed, self.kept, self.filled, self.local = (
+            np.zeros((n_moe, groups, e), dtype=np.int64) for _ in range(4))
+
+    def add(self, li: int, g: int, a, logits, cap, moe, local_experts: np.ndarray) -> None:
+        """Capacity and (optional) rectification of one group's assignment ``a``."""
+        kept = apply_capacity(a, cap, moe.moe_token_drop_policy, moe.capacity_convention)
+        self.routed[li, g] = a.expert_load()
+        self.kept[li, g] = kept.load
+        rect = moe.rectify
+        if rect.fill_in or rect.intra_gpu:
+            probs = softmax(np.asarray(logits, dtype=float))
+            if rect.fill_in:
+                self.filled[li, g] = rectify.fill_in(a, kept, probs, cap)
+            if rect.intra_gpu:
+                self.local[li, g] = rectify.intra_gpu(a, kept, probs, local_experts,
+                                                      rect.unrouted)
+
+    def layers(self, cap, pad, p: int) -> list[LayerRouting]:
+        """LayerRoutings for ``p`` GPUs; GPU g takes routing group g mod (groups counted)."""
+        routed, kept, filled, local = self.routed, self.kept, self.filled, self.local
+        groups = routed.shape[1]
+        if groups < p:
+            reuse = np.arange(p) % groups
+            routed, kept, filled, local = (x[:, reuse] for x in (routed, kept, filled, local))
+        layers = []
+        for li in range(routed.shape[0]):
+            sent = kept[li] + filled[li]
+            if pad:
+                if cap is None:  # dropless but padded: everyone pads to the largest load
+                    slots = np.full(sent.shape, sent.max())
+                else:
+                    slots = np.stack([dispatch_slots(sent[g], cap, True) for g in range(p)])
             else:
-                slots = np.stack([dispatch_slots(kept[li, g], cap, True) for g in range(p)])
-        else:
-            slots = kept[li].copy()
-        layers.append(LayerRouting(routed[li], kept[li], slots, cap))
-    return layers
+                slots = sent.copy()
+            layers.append(LayerRouting(routed[li], kept[li], slots, cap, filled[li], local[li]))
+        return layers
 
 
 def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
@@ -132,11 +180,13 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
                         f"says moe.num_experts = {moe.num_experts}")
     tokens = model.micro_batch_size * model.seq_length // layout.tp
     e, k = moe.num_experts, trace.top_k
-    cap = expert_capacity(moe.capacity_convention, tokens, e, k, moe.moe_expert_capacity_factor)
+    cap = capacity_of(scenario, tokens, k)
+    if moe.rectify.fill_in or moe.rectify.intra_gpu:
+        raise UserError(f"{where}: moe.rectify needs every expert's routing probability, which "
+                        "a trace does not record; use the gate generator")
     p = layout.gpus
     groups = min(p, scenario.gating.routing_groups or p)
-    routed = np.zeros((n_moe, groups, e), dtype=np.int64)
-    kept = np.zeros_like(routed)
+    counts = _Counts(n_moe, groups, e)
     rows = np.repeat(np.arange(tokens), k)
     choice = np.tile(np.arange(k), tokens)
     for g in range(groups):
@@ -144,7 +194,5 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
         for li in range(n_moe):
             score = trace.scores[li, idx].ravel().astype(float)
             a = Assignment(rows, trace.experts[li, idx].ravel(), score, choice, score, tokens, e)
-            routed[li, g] = a.expert_load()
-            kept[li, g] = apply_capacity(a, cap, moe.moe_token_drop_policy,
-                                         moe.capacity_convention).load
-    return _layers(routed, kept, cap, moe.moe_pad_expert_input_to_capacity, groups, p)
+            counts.add(li, g, a, None, cap, moe, np.zeros(e, dtype=bool))
+    return counts.layers(cap, moe.moe_pad_expert_input_to_capacity, p)

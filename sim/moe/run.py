@@ -41,6 +41,9 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None) -> 
         if value % tp:
             raise UserError(f"{where}parallel.tensor_model_parallel_size: must divide "
                             f"{name} = {value} (got {tp})")
+    if moe.rectify.intra_gpu and layout.etp > 1:
+        raise UserError(f"{where}moe.rectify.intra_gpu: needs expert_tensor_parallel_size 1 "
+                        f"(a GPU holds whole experts only then; got {layout.etp})")
     return StepInputs(
         hidden=model.hidden_size, ffn_hidden=model.ffn_hidden_size,
         moe_ffn_hidden=moe.moe_ffn_hidden_size or model.ffn_hidden_size,
@@ -85,6 +88,8 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
     routing = inp.routing
     routed = sum(float(r.routed.sum()) for r in routing)
     kept = sum(float(r.kept.sum()) for r in routing)
+    filled = sum(float(r.filled.sum()) for r in routing)
+    local = sum(float(r.local.sum()) for r in routing)
     sent = sum(float(r.slots.sum()) for r in routing)
     a2a = breakdown["dispatch"] + breakdown["combine"]
     tokens = inp.tokens * inp.layout.gpus
@@ -97,7 +102,10 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "tp_time_s": breakdown["tp"],
         "allreduce_time_s": times.allreduce_exposed_s,
         "drop_fraction": (routed - kept) / routed if routed else 0.0,
-        "padding_fraction": (sent - kept) / sent if sent else 0.0,
+        "padding_fraction": (sent - kept - filled) / sent if sent else 0.0,
+        "fill_in_fraction": filled / sent if sent else 0.0,
+        "capacity_slots": routing[0].capacity if routing else None,
+        "local_rectified_fraction": local / (tokens * len(routing)) if routing else 0.0,
         "expert_load_imbalance": float(np.mean([r.imbalance for r in routing])) if routing
         else 1.0,
         "inter_node_bytes": times.inter_node_bytes,

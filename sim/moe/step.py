@@ -6,14 +6,17 @@ it continues when all its incoming flows have arrived. Per MoE layer, forward:
 attention (+ norms + router GEMM) -> dispatch All-to-All (slots per (GPU, expert) from the
 routing plan) -> expert FFNs on the tokens received -> combine All-to-All (the reverse).
 Backward mirrors it with twice the compute (combine-backward, experts, dispatch-backward,
-attention). With tensor parallelism (``Layout.tp`` > 1, sequence parallel) attention and dense
-FFNs take 1/tp of the TP group's compute, framed by an AllGather before and a ReduceScatter
-after (two pairs for a dense-FFN layer), each rank sending its shard straight to the other ranks
-of its group; with expert tensor parallelism the ranks of an expert unit AllGather the tokens
-they received, each computes its 1/etp shard of every expert on all of them, and a
-ReduceScatter returns the outputs before the combine. ``a2a_algorithm = "hierarchical"`` sends
-dispatch and combine in three stages (``sim.collectives.hierarchical_stages``), each GPU moving
-on to the next stage when it has received everything of the previous one.
+attention). Rectify-Router's intra-GPU rectification adds, after the combine, each GPU's own expert
+FFNs on the tokens it rectified (no traffic). With tensor parallelism (``Layout.tp`` > 1, sequence
+parallel) attention and dense FFNs take 1/tp of the TP group's compute, framed by an AllGather
+before and a ReduceScatter after (two pairs for a dense-FFN layer), each rank sending its shard
+straight to the other ranks of its group; with expert tensor parallelism the ranks of an expert
+unit AllGather the tokens they received, each computes its 1/etp shard of every expert on all of
+them, and a ReduceScatter returns the outputs before the combine. ``a2a_algorithm``
+``hierarchical`` (gather to the destination's local rank, exchange on that rail, scatter) and
+``bilevel`` (SMILE: straight to the source's local rank on the destination node, then inside that
+node) send dispatch and combine in stages (``sim.collectives.hierarchical_stages``), each GPU
+moving on to the next stage when it has received everything of the previous one.
 Gradients are reduced by pipelined ring AllReduce: dense weight shards over the data-parallel
 ranks, expert shards over each expert's replicas; with ``overlap_grad_reduce`` each layer's
 reduction starts as soon as the last GPU has finished that layer's backward, else all of it
@@ -66,7 +69,7 @@ class StepInputs:
     overlap_grad_reduce: bool
     layout: Layout
     routing: list[LayerRouting]  # one per MoE layer, in order
-    a2a_algorithm: str = "direct"  # or "hierarchical"
+    a2a_algorithm: str = "direct"  # or "hierarchical", "bilevel"
 
 
 @dataclass
@@ -137,10 +140,11 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         return m.reshape(p, p)
 
     def stages(matrix, a2a):
-        if not (a2a and inp.a2a_algorithm == "hierarchical"):
+        if not a2a or inp.a2a_algorithm == "direct":
             return [matrix]
+        relay = "destination" if inp.a2a_algorithm == "hierarchical" else "source"
         out = []
-        for src, dst, nbytes in hierarchical_stages(cluster, matrix):
+        for src, dst, nbytes in hierarchical_stages(cluster, matrix, relay):
             m = np.zeros((p, p))
             m[src, dst] = nbytes
             out.append(m)
@@ -180,7 +184,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         tp_gather[moe] = (group_matrix(lay.tp_groups(), np.full(p, blocks * inp.tokens * act))
                           if tp > 1 else None)
     units = lay.unit_groups()
-    matrices, expert_fwd, unit_gather = {}, {}, {}
+    matrices, expert_fwd, unit_gather, local_fwd = {}, {}, {}, {}
     for layer, moe in enumerate(inp.moe_layers):
         if moe:
             r = inp.routing[moe_index[layer]]
@@ -196,6 +200,10 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
             expert_fwd[layer] = np.repeat(per_expert.sum(axis=1), etp)  # idle experts: free
             if etp > 1:
                 unit_gather[layer] = group_matrix(units, m.sum(axis=0))
+            if r.local.any():  # Rectify IR: each GPU's own experts take its unrouted tokens
+                local_fwd[layer] = expert_ffn_time_s(
+                    r.local, inp.hidden, inp.moe_ffn_hidden, spec, gated=inp.gated,
+                    dtype_bytes=inp.dtype_bytes).sum(axis=1)
 
     # ---- forward
     def tp_framed(cat, phase, layer, seconds, gather):
@@ -219,6 +227,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
                 "expert", "fwd", layer, expert_fwd[layer], unit_gather.get(layer))
             row["tp_s"] += t
             row["combine_s"] = yield from exchange(m.T.copy(), "combine", "fwd", layer)
+            if layer in local_fwd:
+                row["expert_s"] += compute("expert", "fwd", layer, local_fwd[layer])
         out.layer_times.append(row)
         if progress is not None:
             progress("forward", layer + 1, len(inp.moe_layers))
@@ -255,6 +265,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         moe = inp.moe_layers[layer]
         if moe:
             m = matrices[layer]
+            if layer in local_fwd:
+                compute("expert", "bwd", layer, backward_time_s(local_fwd[layer]))
             yield from exchange(m, "combine", "bwd", layer)
             yield from tp_framed("expert", "bwd", layer, backward_time_s(expert_fwd[layer]),
                                  unit_gather.get(layer))

@@ -21,6 +21,26 @@ always feasible (no link above 100 %) and flows are only ever late, never early:
 against the exact model, collective times come out late by 1-2 x ``tol``
 (``benchmarks/bench_fabric.py``); the default 0.003 gives about 0.3-0.6 %.
 Flows that finish at the same instant finish as one batch.
+
+Per-message issue gap (``message_gap_s``, LogGP's g; default 0 = off). A sender injects the
+messages of one ``transfer`` batch one after another: the i-th network flow of a source rank in
+that batch (i = 0, 1, ... in the order submitted) starts i x g later than its start-up latency
+alone would allow. Many small messages (flat All-to-All) pay (n - 1) g per sender, a few large
+ones (two-stage All-to-All) pay little. Slots are counted per batch (concurrent batches of one
+rank do not delay each other) and only over flows that carry bytes: zero-byte flows take no slot
+and complete at their plain start-up time, as they do without a gap.
+
+Receiver incast (``incast_penalty``, default 0 = off). A phenomenological goodput model of
+many-to-one congestion (PFC pauses, drops and retransmissions), not a packet-level one: a link
+of tier ``"nic"`` whose far end is not a switch (the last hop into a host: a GPU or a NIC node)
+is incast-prone, and when n flows are transmitting across it its usable capacity is
+``capacity / (1 + incast_penalty * max(0, n - incast_threshold_flows))``. Every solve recomputes
+these effective capacities from the current flow counts and hands them to the max-min solve, so
+the rates stay feasible against them (and hence never exceed the raw capacity); a departure
+only raises them, so rates held between lazy re-solves stay feasible too. The lazy rule measures
+freed bandwidth against the effective capacities of the last solve; the capacity a link regains
+as its flows leave is picked up at the next solve (counting it too changed no re-solve in
+skewed All-to-Alls on 32-64 GPUs; lazy times stayed within 2 x ``tol`` of exact).
 """
 
 from __future__ import annotations
@@ -32,7 +52,7 @@ import simpy
 
 from sim.network.maxmin import max_min_rates
 from sim.network.routing import Routes
-from sim.topology.cluster import Cluster
+from sim.topology.cluster import SWITCH, Cluster
 
 _TIME_EPS = 1e-12  # relative tolerance for "finishes at the same instant"
 _FILL_FACTOR = 10.0  # solves freeze links within 1 + min(10 tol, 0.1) of the local minimum share
@@ -40,17 +60,26 @@ _FILL_FACTOR = 10.0  # solves freeze links within 1 + min(10 tol, 0.1) of the lo
 
 @dataclass(frozen=True)
 class FabricOptions:
-    """Fabric knobs, SI units. ``rate_tolerance`` in [0, 0.5]; 0 is exact (see module doc)."""
+    """Fabric knobs, SI units. ``rate_tolerance`` in [0, 0.5]; 0 is exact (see module doc).
+
+    ``message_gap_s`` (>= 0) and ``incast_penalty`` (>= 0, with ``incast_threshold_flows`` >= 1)
+    are the issue gap and the receiver incast model of the module doc; both default to off.
+    """
 
     message_overhead_s: float = 0.0
     ecmp: str = "balanced"
     rate_tolerance: float = 3e-3
+    message_gap_s: float = 0.0
+    incast_threshold_flows: int = 8
+    incast_penalty: float = 0.0
 
     @classmethod
     def from_settings(cls, s) -> FabricOptions:
         """From a scenario's ``fabric`` section (file units: microseconds)."""
         return cls(message_overhead_s=s.message_overhead_us * 1e-6, ecmp=s.ecmp,
-                   rate_tolerance=s.rate_tolerance)
+                   rate_tolerance=s.rate_tolerance, message_gap_s=s.message_gap_us * 1e-6,
+                   incast_threshold_flows=s.incast_threshold_flows,
+                   incast_penalty=s.incast_penalty)
 
 
 @dataclass
@@ -103,12 +132,29 @@ class Fabric:
         self.env = env
         self.cluster = cluster
         self.options = options or FabricOptions()
-        if not 0.0 <= self.options.rate_tolerance <= 0.5:
+        opt = self.options
+        if not 0.0 <= opt.rate_tolerance <= 0.5:
             raise ValueError("rate_tolerance must be within [0, 0.5]")
-        self.routes = routes or Routes(cluster, self.options.ecmp)
-        cap = cluster.links.capacity_Bps
+        if not opt.message_gap_s >= 0.0:
+            raise ValueError("message_gap_s must be >= 0")
+        if not opt.incast_penalty >= 0.0:
+            raise ValueError("incast_penalty must be >= 0")
+        if int(opt.incast_threshold_flows) != opt.incast_threshold_flows \
+                or opt.incast_threshold_flows < 1:
+            raise ValueError("incast_threshold_flows must be an integer >= 1")
+        self.routes = routes or Routes(cluster, opt.ecmp)
+        links = cluster.links
+        cap = links.capacity_Bps
         self.capacity = np.append(cap, np.inf)
         n_links = len(cap)
+        # incast-prone links: tier "nic" into a host (a GPU or a NIC node), not into a switch
+        kind = np.array([cluster.graph.nodes[n].get("kind") for n in cluster.node_names],
+                        dtype=object)
+        self.incast_prone = np.asarray((links.tier == "nic") & (kind[links.dst] != SWITCH),
+                                       dtype=bool)
+        self._incast = np.flatnonzero(self.incast_prone)
+        self._incast_on = opt.incast_penalty > 0.0 and len(self._incast) > 0
+        self._cap_solved = self.capacity  # the capacities of the last solve
         self.stats = FabricStats(link_bytes=np.zeros(n_links))
         self._batches: dict[int, _Batch] = {}
         self._next_batch = 0
@@ -166,6 +212,8 @@ class Fabric:
         self._p_paths, self._paths = self._widen(paths.shape[1])
         paths = self._pad(paths, self._paths.shape[1])
         start = now + latency + self.options.message_overhead_s
+        if self.options.message_gap_s > 0.0:
+            start = start + self.options.message_gap_s * _issue_slots(src[net], nbytes[net] > 0)
         self._p_time = np.concatenate([self._p_time, start])
         self._p_paths = np.vstack([self._p_paths, paths])
         self._p_bytes = np.concatenate([self._p_bytes, nbytes[net]])
@@ -180,6 +228,11 @@ class Fabric:
         load = np.bincount(self._paths.ravel(), weights=np.repeat(self._rate, self._paths.shape[1]),
                            minlength=len(self.capacity))
         return load[:-1]
+
+    def effective_capacity(self) -> np.ndarray:
+        """Usable capacity of each link for the flows now transmitting, bytes/s (length = number
+        of links): the raw capacity, lowered on incast-prone links when incast is on."""
+        return self._effective_capacity()[:-1].copy()
 
     @property
     def active_flows(self) -> int:
@@ -234,7 +287,7 @@ class Fabric:
         t_quantum = self._solved_at + tol * horizon
         h = self._paths.shape[1]
         n_links = len(self.capacity)
-        threshold = tol * self.capacity
+        threshold = tol * self._cap_solved
         early = self._finish <= t_quantum
         freed = self._freed_since_solve + np.bincount(
             self._paths[early].ravel(), weights=np.repeat(self._rate[early], h),
@@ -319,7 +372,8 @@ class Fabric:
 
     def _solve(self, now: float) -> None:
         fill = min(_FILL_FACTOR * self.options.rate_tolerance, 0.1)
-        self._rate, rounds = max_min_rates(self._paths, self.capacity, fill)
+        self._cap_solved = cap = self._effective_capacity()
+        self._rate, rounds = max_min_rates(self._paths, cap, fill)
         self.stats.recomputes += 1
         self.stats.filling_rounds += rounds
         self.stats.peak_active_flows = max(self.stats.peak_active_flows, len(self._rate))
@@ -333,6 +387,17 @@ class Fabric:
         self._freed_since_solve = np.zeros(len(self.capacity))
 
     # ----------------------------------------------------------------- helpers
+    def _effective_capacity(self) -> np.ndarray:
+        """(L + 1,) capacities for the flows now transmitting: ``self.capacity`` itself when
+        incast is off, else a copy lowered on the incast-prone links (module doc)."""
+        if not self._incast_on:
+            return self.capacity
+        n = np.bincount(self._paths.ravel(), minlength=len(self.capacity))[self._incast]
+        excess = np.maximum(n - self.options.incast_threshold_flows, 0)
+        cap = self.capacity.copy()
+        cap[self._incast] /= 1.0 + self.options.incast_penalty * excess
+        return cap
+
     def _widen(self, h: int) -> tuple[np.ndarray, np.ndarray]:
         cur = self._paths.shape[1]
         if h <= cur:
@@ -344,3 +409,18 @@ class Fabric:
             return a
         fill = np.full((len(a), h - a.shape[1]), len(self.capacity) - 1, dtype=np.int32)
         return np.hstack([a.astype(np.int32), fill])
+
+
+def _issue_slots(src: np.ndarray, sends: np.ndarray) -> np.ndarray:
+    """Issue slot of each flow: its position among the byte-carrying flows of its source, in
+    submission order (0, 1, ...); flows with ``sends`` False get slot 0 and take none."""
+    slot = np.zeros(len(src))
+    idx = np.flatnonzero(sends)
+    if not len(idx):
+        return slot
+    order = idx[np.argsort(src[idx], kind="stable")]
+    s = src[order]
+    pos = np.arange(len(order))
+    first = np.r_[True, s[1:] != s[:-1]]
+    slot[order] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    return slot

@@ -39,7 +39,7 @@ def category_colour(category: str) -> str:
     return CATEGORY_COLOURS.get(category, _OTHER_COLOUR)
 
 
-def _ordered_categories(names: Iterable[str]) -> list[str]:
+def ordered_categories(names: Iterable[str]) -> list[str]:
     """CATEGORIES order first, then any unknown categories alphabetically."""
     names = set(names)
     known = [c for c in CATEGORIES if c in names]
@@ -57,7 +57,7 @@ def step_breakdown(summary: Mapping) -> go.Figure:
     breakdown: Mapping[str, float] = summary.get("breakdown_s") or {}
     step_ms = float(summary.get("step_time_s", 0.0)) * _MS
     fig = go.Figure()
-    for cat in _ordered_categories(breakdown):
+    for cat in ordered_categories(breakdown):
         ms = float(breakdown[cat]) * _MS
         if ms <= 0.0:
             continue
@@ -241,7 +241,7 @@ def timeline(spans: Sequence[Span], max_gpus: int = 16) -> go.Figure:
     n_gpus = len({s.gpu for s in spans})
     labels = [f"gpu {g}" for g in gpus]
     fig = go.Figure()
-    for cat in _ordered_categories(per_cat):
+    for cat in ordered_categories(per_cat):
         rows = per_cat[cat]
         start = np.fromiter((s.start_s for s in rows), float, len(rows)) * _MS
         end = np.fromiter((s.end_s for s in rows), float, len(rows)) * _MS

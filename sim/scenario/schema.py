@@ -94,6 +94,12 @@ class Fabric(StrictModel):
     """How flows pick among equal-cost shortest paths."""
     rate_tolerance: float = Field(0.003, ge=0, le=0.5)
     """Relative rate change below which max-min rates are not re-solved (0 = always re-solve)."""
+    message_gap_us: float = Field(0.0, ge=0)
+    """Issue gap between successive messages of one sender in a batch, microseconds (0 = off)."""
+    incast_threshold_flows: int = Field(8, ge=1)
+    """Flows a host's last NIC hop carries before incast lowers its usable capacity."""
+    incast_penalty: float = Field(0.0, ge=0)
+    """Incast goodput loss per flow above the threshold: capacity / (1 + p x excess) (0 = off)."""
 
 
 class Benchmark(StrictModel):

@@ -7,7 +7,7 @@ gate workload (or a recorded trace). Sizes are counts; ``dtype_bytes`` is bytes 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -56,19 +56,35 @@ class Router(StrictModel):
     params: dict[str, Any] = {}
 
 
+class Rectify(StrictModel):
+    """Rectify-Router corrections after capacity (``sim/moe/rectify.py``)."""
+
+    intra_gpu: bool = False
+    """IR: tokens that lost their slots go to the best expert on their own GPU, no traffic."""
+    fill_in: bool = False
+    """FR: each token's next-best expert fills slots the top-k rows left empty."""
+    unrouted: Literal["all", "any"] = "all"
+    """IR takes tokens that lost all (or any) of their top-k slots."""
+
+
 class Moe(StrictModel):
     """The expert layers."""
 
     num_experts: int = Field(gt=0)
     moe_router_topk: int = Field(2, gt=0)
     moe_ffn_hidden_size: int | None = Field(None, gt=0)
-    moe_expert_capacity_factor: float | None = Field(None, gt=0)
-    """None = dropless."""
+    moe_expert_capacity_factor: Annotated[float, Field(gt=0)] | Literal["critical"] | None = None
+    """None = dropless; "critical" = LocMoE's minimum capacity (Theorem 1): C = ceil(ec_min)
+    tokens per expert per routing group, ec_min from hidden_size, num_experts and
+    critical_capacity_delta (``sim.routing.locmoe.critical_capacity_tokens``)."""
+    critical_capacity_delta: float = Field(0.03, gt=0, lt=1)
+    """LocMoE's delta (cosine threshold of a class-discriminative token; paper: about 0.03)."""
     moe_token_drop_policy: Literal["probs", "position"] = "probs"
     moe_pad_expert_input_to_capacity: bool = False
     """Padded dispatch: every expert gets exactly its capacity in slots, whatever the routing."""
     capacity_convention: Literal["megatron", "deepspeed", "tutel", "gshard"] = "megatron"
     router: Router = Router()
+    rectify: Rectify = Rectify()
 
     @model_validator(mode="after")
     def _topk_fits(self) -> Moe:
@@ -94,9 +110,10 @@ class Training(StrictModel):
     """Bytes per gradient element in the data-parallel AllReduce (4 = fp32 reduction)."""
     overlap_grad_reduce: bool = True
     """Start each layer's gradient AllReduce as soon as its backward is done."""
-    a2a_algorithm: Literal["direct", "hierarchical"] = "direct"
-    """Dispatch and combine: straight to the destination GPU, or hierarchical (gather to the
-    GPU of the destination's local rank, exchange on that rail, scatter)."""
+    a2a_algorithm: Literal["direct", "hierarchical", "bilevel"] = "direct"
+    """Dispatch and combine: straight to the destination GPU; hierarchical (gather to the GPU of
+    the destination's local rank, exchange on that rail, scatter); or bilevel (SMILE: across
+    nodes between GPUs of the same local rank, then inside the destination node)."""
     step: int = Field(0, ge=0)
     """Which training step's routing to simulate (drift moves with it)."""
 

@@ -1,0 +1,56 @@
+"""Figure of a router comparison (``moesim compare``): rows from :func:`sim.compare.compare`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sim.report.plots import category_colour, ordered_categories
+
+_PANELS = (("step_time_s", "step time (ms)", 1e3), ("a2a_fraction", "All-to-All share (%)", 100),
+           ("drop_fraction", "dropped (%)", 100), ("inter_node_bytes", "inter-node (GB)", 1e-9))
+
+
+def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
+    """Without a sweep: the step breakdown of each variant as stacked bars, plus A2A share, drop
+    fraction and inter-node bytes. With a sweep: each metric against the swept value, one line
+    per variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    if sweep_key:
+        fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in _PANELS])
+        for i, v in enumerate(variants):
+            mine = [r for r in rows if r["variant"] == v]
+            for j, (key, title, scale) in enumerate(_PANELS):
+                fig.add_trace(go.Scatter(
+                    x=[r["sweep"] for r in mine], y=[r[key] * scale for r in mine], name=v,
+                    legendgroup=v, showlegend=j == 0, mode="lines+markers",
+                    line_color=_colour(i), hovertemplate=f"{v}: %{{y:.4g}}<extra>{title}</extra>"),
+                    row=j // 2 + 1, col=j % 2 + 1)
+        for j in range(4):
+            fig.update_xaxes(title_text=sweep_key, row=j // 2 + 1, col=j % 2 + 1)
+        fig.update_layout(title="Routing variants against " + sweep_key, height=640)
+        return fig
+    titles = ["step time (ms), slowest GPU"] + [p[1] for p in _PANELS[1:]]
+    fig = make_subplots(rows=1, cols=4, column_widths=[0.4, 0.2, 0.2, 0.2], subplot_titles=titles)
+    cats = ordered_categories({c for r in rows for c in r.get("breakdown_s", {})})
+    for cat in cats:
+        ms = [r.get("breakdown_s", {}).get(cat, 0.0) * 1e3 for r in rows]
+        if any(ms):
+            fig.add_trace(go.Bar(x=variants, y=ms, name=cat, marker_color=category_colour(cat),
+                                 hovertemplate=f"{cat}: %{{y:.3f}} ms<extra></extra>"),
+                          row=1, col=1)
+    for j, (key, title, scale) in enumerate(_PANELS[1:], start=2):
+        fig.add_trace(go.Bar(x=variants, y=[r[key] * scale for r in rows], showlegend=False,
+                             marker_color="#888",
+                             hovertemplate=f"%{{y:.4g}}<extra>{title}</extra>"), row=1, col=j)
+    fig.update_layout(title="Routing variants", barmode="stack", height=420,
+                      legend_title_text="category")
+    return fig
+
+
+def _colour(i: int) -> str:
+    palette = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B",
+               "#9D755D", "#FF9DA6", "#BAB0AC")
+    return palette[i % len(palette)]

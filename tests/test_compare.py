@@ -1,0 +1,101 @@
+"""``moesim compare``: variant parsing, the comparison rows, the command's files and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sim.compare import compare, parse_sweep, parse_variant, split_variants
+from sim.errors import UserError
+from tests.test_cli_run import moesim
+from tests.test_moe_step import BASE
+
+
+def test_parse_variants():
+    v = parse_variant("switch")
+    assert (v.router, v.params, v.sets) == ("switch", {}, ())
+    v = parse_variant("topk+ir+fr")
+    assert v.router == "topk"
+    assert v.sets == ("moe.rectify.intra_gpu=true", "moe.rectify.fill_in=true")
+    v = parse_variant("locmoe(locality_bias=2.5, training.a2a_algorithm=bilevel)")
+    assert v.params == {"locality_bias": 2.5}
+    assert v.sets == ("training.a2a_algorithm=bilevel",)
+    assert "moe.router.params={locality_bias: 2.5}" in v.overrides()
+    got = [x.label for x in split_variants("switch, node_limited(group_topk=1,group_by=node),hash")]
+    assert got == ["switch", "node_limited(group_topk=1,group_by=node)", "hash"]
+    assert parse_sweep("moe.moe_expert_capacity_factor=0.5,1,2") == (
+        "moe.moe_expert_capacity_factor", [0.5, 1, 2])
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("switch+xx", r"unknown modifier \+xx"),
+    ("topk(k)", "is not KEY=VALUE"),
+    ("(x=1)", "expected NAME"),
+    ("switch,switch", "listed twice"),
+    (" , ", "at least one variant"),
+])
+def test_bad_variants_are_user_errors(spec, match):
+    with pytest.raises(UserError, match=match):
+        split_variants(spec)
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "s.yaml"
+    data = {**BASE, "moe": {**BASE["moe"], "moe_router_topk": 1, "moe_expert_capacity_factor": 1.0},
+            "gating": {"popularity_skew": 1.5}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_compare_rows_match_single_runs(small):
+    rows = compare(small, split_variants("switch,switch+ir,hash"))
+    assert [r["variant"] for r in rows] == ["switch", "switch+ir", "hash"]
+    switch, ir, hsh = rows
+    assert switch["speedup"] == 1.0
+    assert ir["speedup"] == pytest.approx(switch["step_time_s"] / ir["step_time_s"])
+    assert ir["drop_fraction"] == switch["drop_fraction"] > 0
+    assert ir["local_rectified_fraction"] == pytest.approx(switch["drop_fraction"])
+    assert switch["local_rectified_fraction"] == 0.0
+    assert hsh["drop_fraction"] != switch["drop_fraction"]  # a different router really ran
+
+
+def test_compare_sweep_runs_every_pair(small):
+    rows = compare(small, split_variants("switch,switch+fr"),
+                   sweep="moe.moe_expert_capacity_factor=0.5,2.0")
+    assert [(r["sweep"], r["variant"]) for r in rows] == [
+        (0.5, "switch"), (0.5, "switch+fr"), (2.0, "switch"), (2.0, "switch+fr")]
+    low, high = rows[0], rows[2]
+    assert low["drop_fraction"] > high["drop_fraction"]
+    assert rows[1]["fill_in_fraction"] > 0 and rows[1]["drop_fraction"] == low["drop_fraction"]
+
+
+def test_compare_command_writes_table_and_files(small, tmp_path):
+    out = tmp_path / "cmp"
+    proc = moesim("compare", small, "--routers", "switch,switch+ir", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:3] == ["variant", "step", "ms"]
+    assert [line.split()[0] for line in lines[1:]] == ["switch", "switch+ir"]
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["variant"] for r in rows] == ["switch", "switch+ir"]
+    csv = (out / "compare.csv").read_text().splitlines()
+    assert csv[0].startswith("variant,step_time_s,speedup") and len(csv) == 3
+    html = (out / "compare.html").read_text()
+    assert "plotly" in html.lower() and "switch+ir" in html
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (["--routers", "nosuch"], "router"),
+    (["--routers", "switch", "--sweep", "moe.nofield=1,2"], "nofield"),
+    (["--routers", "switch+zz"], "unknown modifier"),
+])
+def test_compare_bad_input_is_one_line_and_writes_nothing(small, tmp_path, args, match):
+    out = tmp_path / "cmp"
+    proc = moesim("compare", small, *args, "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+    assert match in proc.stderr
+    assert not out.exists()
