@@ -27,7 +27,9 @@ _SPEC = re.compile(r"^\s*([A-Za-z_][\w-]*)((?:\+[A-Za-z]+)*)\s*(?:\((.*)\))?\s*$
 #: Columns of a comparison row, in print order (summary fields keep their names).
 COLUMNS = ("variant", "sweep", "step_time_s", "speedup", "tokens_per_s", "a2a_time_s",
            "a2a_fraction", "drop_fraction", "padding_fraction", "local_rectified_fraction",
-           "fill_in_fraction", "expert_load_imbalance", "inter_node_bytes", "intra_node_bytes")
+           "fill_in_fraction", "node_local_fraction", "expert_load_imbalance",
+           "a2a_inter_node_bytes", "inter_node_bytes", "intra_node_bytes", "smile_node_balance",
+           "smile_gpu_balance")
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
         base.setdefault(repr(value), s["step_time_s"])
         row = {"variant": v.label, "sweep": value,
                "speedup": base[repr(value)] / s["step_time_s"] if s["step_time_s"] else 0.0}
-        row.update({c: s.get(c, 0.0) for c in COLUMNS if c not in row})
+        row.update({c: s.get(c) for c in COLUMNS if c not in row})
         row["breakdown_s"] = s["breakdown_s"]
         rows.append(row)
         if progress is not None:
@@ -148,9 +150,11 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
 def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
     """A fixed-width table of the rows for the terminal."""
     head = ["variant"] + ([sweep_key] if sweep_key else []) + [
-        "step ms", "speedup", "A2A %", "drop %", "pad %", "IR %", "FR %", "imbal", "inter GB"]
+        "step ms", "speedup", "A2A %", "drop %", "pad %", "IR %", "FR %", "local %", "imbal",
+        "A2A inter GB"]
     width = max([len(head[0])] + [len(str(r["variant"])) for r in rows])
-    lines = ["  ".join([head[0].ljust(width)] + [h.rjust(9) for h in head[1:]])]
+    lines = ["  ".join([head[0].ljust(width)] + [h.rjust(9) for h in head[1:-1]]
+                       + [head[-1].rjust(12)])]
     for r in rows:
         cells = [str(r["variant"]).ljust(width)]
         if sweep_key:
@@ -159,7 +163,8 @@ def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
                   f"{r['a2a_fraction'] * 100:9.1f}", f"{r['drop_fraction'] * 100:9.2f}",
                   f"{r['padding_fraction'] * 100:9.2f}",
                   f"{r['local_rectified_fraction'] * 100:9.2f}",
-                  f"{r['fill_in_fraction'] * 100:9.2f}", f"{r['expert_load_imbalance']:9.2f}",
-                  f"{r['inter_node_bytes'] / 1e9:9.3f}"]
+                  f"{r['fill_in_fraction'] * 100:9.2f}", f"{r['node_local_fraction'] * 100:9.1f}",
+                  f"{r['expert_load_imbalance']:9.2f}",
+                  f"{r['a2a_inter_node_bytes'] / 1e9:12.3f}"]
         lines.append("  ".join(cells))
     return "\n".join(lines)

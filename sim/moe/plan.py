@@ -8,7 +8,7 @@ the step process times on the fabric.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,8 @@ class LayerRouting:
     capacity: int | None
     filled: np.ndarray | None = None
     local: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
+    """Router-specific statistics, mean over routing groups (e.g. SMILE's balance terms)."""
 
     def __post_init__(self):
         for name in ("filled", "local"):
@@ -114,9 +116,22 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
         for li in range(n_moe):
             a = route(moe.router.name, logits[li], ctx)
             counts.add(li, g, a, logits[li], cap, moe, expert_gpu[g] == g)
+            if moe.router.name in ROUTER_STATS:
+                counts.stat(li, ROUTER_STATS[moe.router.name](a, logits[li], ctx))
         if progress is not None:
             progress("routing", g + 1, groups)
     return counts.layers(cap, moe.moe_pad_expert_input_to_capacity, p)
+
+
+def _smile_stats(a, logits, ctx) -> dict:
+    from sim.routing.smile import balance_terms
+
+    node, gpu = balance_terms(a, logits, ctx)
+    return {"smile_node_balance": node, "smile_gpu_balance": gpu}
+
+
+#: Statistics some routers report per routing group: name -> f(assignment, logits, ctx) -> dict.
+ROUTER_STATS = {"smile": _smile_stats}
 
 
 class _Counts:
@@ -125,6 +140,11 @@ class _Counts:
     def __init__(self, n_moe: int, groups: int, e: int):
         self.routed, self.kept, self.filled, self.local = (
             np.zeros((n_moe, groups, e), dtype=np.int64) for _ in range(4))
+        self.stats: list[dict[str, list[float]]] = [{} for _ in range(n_moe)]
+
+    def stat(self, li: int, values: dict) -> None:
+        for key, value in values.items():
+            self.stats[li].setdefault(key, []).append(float(value))
 
     def add(self, li: int, g: int, a, logits, cap, moe, local_experts: np.ndarray) -> None:
         """Capacity and (optional) rectification of one group's assignment ``a``."""
@@ -157,7 +177,9 @@ class _Counts:
                     slots = np.stack([dispatch_slots(sent[g], cap, True) for g in range(p)])
             else:
                 slots = sent.copy()
-            layers.append(LayerRouting(routed[li], kept[li], slots, cap, filled[li], local[li]))
+            stats = {k: float(np.mean(v)) for k, v in self.stats[li].items()}
+            layers.append(LayerRouting(routed[li], kept[li], slots, cap, filled[li], local[li],
+                                       stats))
         return layers
 
 

@@ -53,8 +53,18 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None) -> 
         gated=model.gated_linear_unit, moe_layers=model.moe_layers(), experts=moe.num_experts,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
-        routing=plan_step(scenario, layout, cluster.node_of, progress),
+        routing=_plan(scenario, layout, cluster, source, progress),
         a2a_algorithm=tr.a2a_algorithm)
+
+
+def _plan(scenario, layout, cluster, source, progress):
+    """The routing plan; a router's complaint about its parameters names the scenario file."""
+    try:
+        return plan_step(scenario, layout, cluster.node_of, progress)
+    except UserError as e:
+        if source and not str(e).startswith(source):
+            raise UserError(f"{source}: moe.router: {e}") from None
+        raise
 
 
 def run_training(scenario, cluster: Cluster, source: str = "", progress=None) -> TrainingResult:
@@ -70,8 +80,10 @@ def run_training(scenario, cluster: Cluster, source: str = "", progress=None) ->
     proc = env.process(training_step(fabric, inp, rec, progress))
     env.run(proc)
     times = proc.value
+    summary = summarise(inp, times, rec.spans, fabric)
+    summary.update(locality(inp, cluster.node_of))
     return TrainingResult(
-        summarise(inp, times, rec.spans, fabric), layer_rows(inp, times),
+        summary, layer_rows(inp, times),
         link_rows(cluster, fabric, times.step_time_s), rec.spans)
 
 
@@ -91,7 +103,14 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
     filled = sum(float(r.filled.sum()) for r in routing)
     local = sum(float(r.local.sum()) for r in routing)
     sent = sum(float(r.slots.sum()) for r in routing)
-    a2a = breakdown["dispatch"] + breakdown["combine"]
+    # All-to-All time: mean over GPUs of the time each spends in dispatch and combine (waiting
+    # for its data included). The critical GPU alone is a poor measure: when it is late, its
+    # partners' data has already arrived and its own exchanges look short.
+    a2a_per_gpu = np.zeros(inp.layout.gpus)
+    for s in spans:
+        if s.category in ("dispatch", "combine"):
+            a2a_per_gpu[s.gpu] += s.end_s - s.start_s
+    a2a = float(a2a_per_gpu.mean()) if len(a2a_per_gpu) else 0.0
     tokens = inp.tokens * inp.layout.gpus
     return {
         "step_time_s": step,
@@ -109,6 +128,7 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "expert_load_imbalance": float(np.mean([r.imbalance for r in routing])) if routing
         else 1.0,
         "inter_node_bytes": times.inter_node_bytes,
+        "a2a_inter_node_bytes": times.a2a_inter_node_bytes,
         "intra_node_bytes": times.intra_node_bytes,
         "gpus": inp.layout.gpus,
         "critical_gpu": critical,
@@ -116,6 +136,20 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "recomputes": fabric.stats.recomputes,
         "breakdown_s": breakdown,
     }
+
+
+def locality(inp: StepInputs, node_of: np.ndarray) -> dict:
+    """Share of routed (token, expert) pairs whose expert is on the token's own node, and the
+    router's own statistics (mean over MoE layers)."""
+    p = inp.layout.gpus
+    dest = inp.layout.expert_gpu(np.arange(p))
+    same = node_of[dest] == node_of[:p, None]
+    routed = sum(float(r.routed.sum()) for r in inp.routing)
+    local = sum(float(r.routed[same].sum()) for r in inp.routing)
+    out = {"node_local_fraction": local / routed if routed else 0.0}
+    for key in sorted({k for r in inp.routing for k in r.stats}):
+        out[key] = float(np.mean([r.stats[key] for r in inp.routing if key in r.stats]))
+    return out
 
 
 def layer_rows(inp: StepInputs, times) -> list[dict]:

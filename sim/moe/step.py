@@ -80,6 +80,7 @@ class StepTimes:
     ready_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     layer_times: list[dict] = field(default_factory=list)
     inter_node_bytes: float = 0.0
+    a2a_inter_node_bytes: float = 0.0  # of which dispatch and combine
     intra_node_bytes: float = 0.0
     allreduce_exposed_s: float = 0.0
 
@@ -129,10 +130,13 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
 
     cross = node[:, None] != node[None, :]
 
-    def count(matrix):  # bytes between GPUs of different servers / of one server
+    def count(matrix, a2a=False):  # bytes between GPUs of different servers / of one server
         np.fill_diagonal(matrix, 0.0)
-        out.inter_node_bytes += float(matrix[cross].sum())
+        inter = float(matrix[cross].sum())
+        out.inter_node_bytes += inter
         out.intra_node_bytes += float(matrix[~cross].sum())
+        if a2a:
+            out.a2a_inter_node_bytes += inter
 
     def dispatch_matrix(r: LayerRouting) -> np.ndarray:
         m = np.zeros(p * p)
@@ -157,7 +161,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
             span = max(ready.max() - ready.min(), 0.0)
             recv, _ = yield from staggered_transfer(fabric, m, ready, START_MERGE * span)
             ready = np.maximum(ready, recv)
-            count(m.copy())
+            count(m.copy(), a2a)
         spans(phase_span, phase, layer, start, ready)
         return float((ready - start).max())
 

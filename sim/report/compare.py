@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 from sim.report.plots import category_colour, ordered_categories
 
 _PANELS = (("step_time_s", "step time (ms)", 1e3), ("a2a_fraction", "All-to-All share (%)", 100),
-           ("drop_fraction", "dropped (%)", 100), ("inter_node_bytes", "inter-node (GB)", 1e-9))
+           ("drop_fraction", "dropped (%)", 100),
+           ("a2a_inter_node_bytes", "All-to-All inter-node (GB)", 1e-9))
 
 
 def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
