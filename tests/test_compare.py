@@ -99,3 +99,34 @@ def test_compare_bad_input_is_one_line_and_writes_nothing(small, tmp_path, args,
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
     assert match in proc.stderr
     assert not out.exists()
+
+
+def _row(variant, sweep, step, drop):
+    return {"variant": variant, "sweep": sweep, "step_time_s": step, "a2a_fraction": 0.2,
+            "drop_fraction": drop, "padding_fraction": 0.1, "local_rectified_fraction": 0.0,
+            "a2a_inter_node_bytes": 2e9, "breakdown_s": {"attention": step / 2,
+                                                         "dispatch": step / 2, "tp": 0.0}}
+
+
+def test_comparison_figure_without_sweep():
+    from sim.report.compare import comparison
+
+    fig = comparison([_row("a", None, 0.010, 0.1), _row("b", None, 0.008, 0.2)])
+    bars = [t for t in fig.data if t.name in ("attention", "dispatch")]
+    assert [t.name for t in bars] == ["attention", "dispatch"]  # zero categories left out
+    assert list(bars[0].x) == ["a", "b"] and list(bars[0].y) == pytest.approx([5.0, 4.0])
+    drops = [t for t in fig.data if t.hovertemplate and "dropped" in t.hovertemplate]
+    assert list(drops[0].y) == pytest.approx([10.0, 20.0])
+    assert fig.layout.barmode == "stack"
+
+
+def test_comparison_figure_with_sweep():
+    from sim.report.compare import comparison
+
+    rows = [_row(v, cf, 0.01 * cf, 0.5 / cf) for cf in (0.5, 1.0) for v in ("a", "b")]
+    fig = comparison(rows, "moe.moe_expert_capacity_factor")
+    step = [t for t in fig.data if "step time" in t.hovertemplate]
+    assert [t.name for t in step] == ["a", "b"]
+    assert list(step[0].x) == [0.5, 1.0] and list(step[0].y) == pytest.approx([5.0, 10.0])
+    assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per variant
+    assert "moe.moe_expert_capacity_factor" in fig.layout.title.text

@@ -12,6 +12,9 @@ from sim.report.plots import category_colour, ordered_categories
 _PANELS = (("step_time_s", "step time (ms)", 1e3), ("a2a_fraction", "All-to-All share (%)", 100),
            ("drop_fraction", "dropped (%)", 100),
            ("a2a_inter_node_bytes", "All-to-All inter-node (GB)", 1e-9))
+_SWEEP_PANELS = _PANELS[:3] + (("padding_fraction", "padding (%)", 100),
+                               ("local_rectified_fraction", "rectified on own GPU (%)", 100),
+                               _PANELS[3])
 
 
 def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
@@ -20,18 +23,18 @@ def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figu
     per variant."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     if sweep_key:
-        fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in _PANELS])
+        fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in _SWEEP_PANELS])
         for i, v in enumerate(variants):
             mine = [r for r in rows if r["variant"] == v]
-            for j, (key, title, scale) in enumerate(_PANELS):
+            for j, (key, title, scale) in enumerate(_SWEEP_PANELS):
                 fig.add_trace(go.Scatter(
                     x=[r["sweep"] for r in mine], y=[r[key] * scale for r in mine], name=v,
                     legendgroup=v, showlegend=j == 0, mode="lines+markers",
                     line_color=_colour(i), hovertemplate=f"{v}: %{{y:.4g}}<extra>{title}</extra>"),
                     row=j // 2 + 1, col=j % 2 + 1)
-        for j in range(4):
+        for j in range(len(_SWEEP_PANELS)):
             fig.update_xaxes(title_text=sweep_key, row=j // 2 + 1, col=j % 2 + 1)
-        fig.update_layout(title="Routing variants against " + sweep_key, height=640)
+        fig.update_layout(title="Routing variants against " + sweep_key, height=900)
         return fig
     titles = ["step time (ms), slowest GPU"] + [p[1] for p in _PANELS[1:]]
     fig = make_subplots(rows=1, cols=4, column_widths=[0.4, 0.2, 0.2, 0.2], subplot_titles=titles)
