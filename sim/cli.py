@@ -69,6 +69,12 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
         result = run_training(sc, cluster, str(scenario), _progress())
         click.echo(output.format_training_summary(sc, cluster, result.summary))
         files = output.training_files(sc, cluster, result)
+    elif sc.kind == "serving":
+        from sim.serving.engine import run_serving
+
+        result = run_serving(sc, cluster, str(scenario))
+        click.echo(output.format_serving_summary(sc, cluster, result.summary))
+        files = output.serving_files(sc, cluster, result)
     else:
         from sim.collectives import run_benchmark
 
@@ -81,7 +87,7 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
 
 @cli.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option("--routers", "routers", required=True, metavar="VARIANTS",
+@click.option("--routers", "routers", default="", metavar="VARIANTS",
               help="Comma-separated NAME[+ir][+fr][(key=value,...)], e.g. "
                    "'switch,hash,locmoe(locality_bias=2)'; the first is the baseline.")
 @click.option("--sweep", metavar="FIELD=V1,V2,...",
@@ -92,13 +98,13 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
               help="Output directory (default: runs/<scenario>-compare-<YYYYmmdd-HHMMSS>/).")
 def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ...],
             out: Path | None) -> None:
-    """Run training SCENARIO under several routers: print a side-by-side table and write
-    compare.csv, compare.json and compare.html (plotly)."""
+    """Run SCENARIO (training or serving) under several variants and/or a sweep: print a
+    side-by-side table and write compare.csv, compare.json and compare.html (plotly)."""
     from sim import output
-    from sim.compare import COLUMNS, format_table, parse_sweep, split_variants
+    from sim.compare import COLUMNS, SERVING_COLUMNS, format_table, parse_sweep, split_variants
     from sim.compare import compare as run_compare
 
-    variants = split_variants(routers)
+    variants = split_variants(routers) if routers.strip() else []
     key, _ = parse_sweep(sweep)
     if out is not None:
         output.check_out_dir(out)
@@ -109,7 +115,8 @@ def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ..
 
     name = load_scenario(scenario, sets).name
     html = comparison(rows, key).to_html(include_plotlyjs="inline", full_html=True)
-    files = {"compare.csv": output.csv_text(rows, [c for c in COLUMNS if key or c != "sweep"]),
+    columns = SERVING_COLUMNS if "moe_block_mean_s" in rows[0] else COLUMNS
+    files = {"compare.csv": output.csv_text(rows, [c for c in columns if key or c != "sweep"]),
              "compare.json": rows, "compare.html": html}
     path = output.write_run(out or output.default_run_dir(f"{name}-compare"), files)
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)

@@ -1,4 +1,9 @@
-"""One training scenario under several routing variants (and optionally a sweep of one field).
+"""One scenario under several variants (and optionally a sweep of one field).
+
+Training scenarios compare routers (step time, A2A share, drops, ...); serving scenarios compare
+whatever the variants and the sweep change (offload mode, batcher, cache), on latency,
+throughput, experts per batch and memory. Without ``--routers`` the scenario itself is the one
+variant (``base``).
 
 A variant is written ``NAME[+ir][+fr][(KEY=VALUE, ...)]``:
 
@@ -32,19 +37,32 @@ COLUMNS = ("variant", "sweep", "step_time_s", "speedup", "tokens_per_s", "a2a_ti
            "smile_gpu_balance")
 
 
+#: Columns of a serving comparison row.
+SERVING_COLUMNS = ("variant", "sweep", "speedup", "tokens_per_s", "moe_block_mean_s",
+                   "latency_mean_s", "latency_p50_s", "latency_p95_s", "ttft_mean_s",
+                   "normalized_latency_mean_s", "unique_experts_per_batch", "cache_hit_rate",
+                   "expert_copies", "decode_peak_memory_bytes", "peak_memory_bytes")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """A parsed variant: its label, router, router parameters and scenario overrides."""
+    """A parsed variant: its label, router (None: the scenario's), router parameters and
+    scenario overrides."""
 
     label: str
-    router: str
+    router: str | None
     params: dict = field(default_factory=dict)
     sets: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
         """``--set`` strings that turn the base scenario into this variant."""
+        if self.router is None:
+            return list(self.sets)
         params = yaml.safe_dump(self.params, default_flow_style=True).strip()
         return [f"moe.router.name={self.router}", f"moe.router.params={params}", *self.sets]
+
+
+BASE = Variant("base", None)
 
 
 def parse_variant(spec: str) -> Variant:
@@ -121,26 +139,36 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
     ``cluster_of(scenario)`` builds the cluster (default: the scenario's topology)."""
     from sim.moe.run import run_training
     from sim.scenario import load_scenario, topology_overrides
+    from sim.serving.engine import run_serving
     from sim.topology import load_topology
 
     key, values = parse_sweep(sweep)
+    variants = list(variants) or [BASE]
     plans = []
     for value in values:
         extra = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"] if key else []
         for v in variants:
             sc = load_scenario(path, [*sets, *v.overrides(), *extra])
-            if sc.kind != "training":
-                raise UserError(f"{path}: compare needs a training scenario (model: and moe:)")
+            if sc.kind == "benchmark":
+                raise UserError(f"{path}: compare needs a training or serving scenario "
+                                "(model: and moe:)")
             plans.append((value, v, sc))
     rows, base = [], {}
     for i, (value, v, sc) in enumerate(plans):
         cluster = (cluster_of or (lambda s: load_topology(*topology_overrides(s))))(sc)
-        s = run_training(sc, cluster, str(path)).summary
-        base.setdefault(repr(value), s["step_time_s"])
-        row = {"variant": v.label, "sweep": value,
-               "speedup": base[repr(value)] / s["step_time_s"] if s["step_time_s"] else 0.0}
-        row.update({c: s.get(c) for c in COLUMNS if c not in row})
-        row["breakdown_s"] = s["breakdown_s"]
+        if sc.kind == "serving":
+            s = run_serving(sc, cluster, str(path)).summary
+            base.setdefault(repr(value), s["tokens_per_s"])
+            row = {"variant": v.label, "sweep": value, "speedup":
+                   s["tokens_per_s"] / base[repr(value)] if base[repr(value)] else 0.0}
+            row.update({c: s.get(c) for c in SERVING_COLUMNS if c not in row})
+        else:
+            s = run_training(sc, cluster, str(path)).summary
+            base.setdefault(repr(value), s["step_time_s"])
+            row = {"variant": v.label, "sweep": value,
+                   "speedup": base[repr(value)] / s["step_time_s"] if s["step_time_s"] else 0.0}
+            row.update({c: s.get(c) for c in COLUMNS if c not in row})
+            row["breakdown_s"] = s["breakdown_s"]
         rows.append(row)
         if progress is not None:
             progress("runs", i + 1, len(plans))
@@ -149,6 +177,8 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
 
 def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
     """A fixed-width table of the rows for the terminal."""
+    if rows and "tokens_per_s" in rows[0] and "step_time_s" not in rows[0]:
+        return _serving_table(rows, sweep_key)
     head = ["variant"] + ([sweep_key] if sweep_key else []) + [
         "step ms", "speedup", "A2A %", "drop %", "pad %", "IR %", "FR %", "local %", "imbal",
         "A2A inter GB"]
@@ -166,5 +196,24 @@ def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
                   f"{r['fill_in_fraction'] * 100:9.2f}", f"{r['node_local_fraction'] * 100:9.1f}",
                   f"{r['expert_load_imbalance']:9.2f}",
                   f"{r['a2a_inter_node_bytes'] / 1e9:12.3f}"]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _serving_table(rows: Sequence[dict], sweep_key: str | None) -> str:
+    head = ["variant"] + ([sweep_key] if sweep_key else []) + [
+        "block ms", "speedup", "tok/s", "lat s", "p95 s", "ttft s", "experts", "hit %",
+        "mem GiB"]
+    width = max([len(head[0])] + [len(str(r["variant"])) for r in rows])
+    lines = ["  ".join([head[0].ljust(width)] + [h.rjust(9) for h in head[1:]])]
+    for r in rows:
+        cells = [str(r["variant"]).ljust(width)]
+        if sweep_key:
+            cells.append(str(r["sweep"]).rjust(9))
+        cells += [f"{r['moe_block_mean_s'] * 1e3:9.3f}", f"{r['speedup']:8.3f}x",
+                  f"{r['tokens_per_s']:9.1f}", f"{r['latency_mean_s']:9.3f}",
+                  f"{r['latency_p95_s']:9.3f}", f"{r['ttft_mean_s']:9.3f}",
+                  f"{r['unique_experts_per_batch']:9.2f}", f"{r['cache_hit_rate'] * 100:9.1f}",
+                  f"{r['decode_peak_memory_bytes'] / 2**30:9.3f}"]
         lines.append("  ".join(cells))
     return "\n".join(lines)

@@ -161,6 +161,38 @@ def training_files(scenario: Any, cluster: Any, result: Any) -> dict:
     }
 
 
+REQUEST_COLUMNS = ("rid", "arrival_s", "prompt_tokens", "output_tokens", "first_token_s",
+                   "finish_s", "ttft_s", "latency_s", "normalized_latency_s")
+STEP_COLUMNS = ("start_s", "end_s", "prefill", "decode", "tokens", "unique_experts")
+
+
+def serving_files(scenario: Any, cluster: Any, result: Any) -> dict:
+    """The files of a serving run: summary.json, requests.csv, steps.csv."""
+    summary = {"scenario": scenario.model_dump(mode="json"),
+               "cluster": {"name": cluster.name, "gpu": cluster.gpu.name}, **result.summary}
+    return {"summary.json": summary,
+            "requests.csv": csv_text(result.requests, REQUEST_COLUMNS),
+            "steps.csv": csv_text(result.steps, STEP_COLUMNS)}
+
+
+def format_serving_summary(scenario: Any, cluster: Any, summary: Mapping) -> str:
+    """A few lines for the terminal: latency percentiles, throughput, experts and memory."""
+    s = summary
+    return "\n".join([
+        f"# {scenario.name}: {s['requests']} requests on one {cluster.gpu.name} "
+        f"(offload {s['mode']})",
+        f"latency  mean {s['latency_mean_s']:.3f} s  p50 {s['latency_p50_s']:.3f}  "
+        f"p95 {s['latency_p95_s']:.3f}  p99 {s['latency_p99_s']:.3f}",
+        f"ttft     mean {s['ttft_mean_s']:.3f} s   per output token "
+        f"{s['normalized_latency_mean_s'] * 1e3:.2f} ms   {s['tokens_per_s']:,.1f} tokens/s",
+        f"experts  {s['unique_experts_per_batch']:.2f} per batch and layer, MoE block "
+        f"{s['moe_block_mean_s'] * 1e3:.3f} ms (decode), cache hits {s['cache_hit_rate']:.1%}, "
+        f"{s['expert_copies']:,} copies",
+        f"memory   peak {s['peak_memory_bytes'] / 2**30:.2f} GiB "
+        f"(decode {s['decode_peak_memory_bytes'] / 2**30:.2f} GiB)",
+    ])
+
+
 def format_training_summary(scenario: Any, cluster: Any, summary: Mapping) -> str:
     """A few lines for the terminal: step time, where it went, drops and traffic."""
     s = summary

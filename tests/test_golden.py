@@ -25,6 +25,10 @@ def _result(path: Path):
         from sim.moe.run import run_training
 
         return run_training(sc, cluster, str(path)).summary
+    if sc.kind == "serving":
+        from sim.serving.engine import run_serving
+
+        return run_serving(sc, cluster, str(path)).summary
     from sim.collectives import run_benchmark
 
     return {"results": run_benchmark(sc, cluster)}

@@ -17,11 +17,19 @@ _SWEEP_PANELS = _PANELS[:3] + (("padding_fraction", "padding (%)", 100),
                                _PANELS[3])
 
 
+_SERVING_PANELS = (("moe_block_mean_s", "MoE block, decode (ms)", 1e3),
+                   ("tokens_per_s", "throughput (tokens/s)", 1.0),
+                   ("latency_p95_s", "p95 latency (s)", 1.0),
+                   ("decode_peak_memory_bytes", "decode peak memory (GiB)", 2.0**-30))
+
+
 def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
     """Without a sweep: the step breakdown of each variant as stacked bars, plus A2A share, drop
     fraction and inter-node bytes. With a sweep: each metric against the swept value, one line
     per variant."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    if rows and "moe_block_mean_s" in rows[0]:
+        return _serving(rows, variants, sweep_key)
     if sweep_key:
         fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in _SWEEP_PANELS])
         for i, v in enumerate(variants):
@@ -58,3 +66,17 @@ def _colour(i: int) -> str:
     palette = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B",
                "#9D755D", "#FF9DA6", "#BAB0AC")
     return palette[i % len(palette)]
+
+
+def _serving(rows: Sequence[Mapping], variants: list, sweep_key: str | None) -> go.Figure:
+    """Serving rows: one panel per metric, bars per run (variant and swept value)."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in _SERVING_PANELS])
+    labels = [f"{r['variant']}" + (f" {r['sweep']}" if sweep_key else "") for r in rows]
+    for j, (key, title, scale) in enumerate(_SERVING_PANELS):
+        fig.add_trace(go.Bar(x=labels, y=[r[key] * scale for r in rows], showlegend=False,
+                             marker_color=[_colour(variants.index(r["variant"])) for r in rows],
+                             hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{title}</extra>"),
+                      row=j // 2 + 1, col=j % 2 + 1)
+    fig.update_layout(title="Serving variants" + (f" against {sweep_key}" if sweep_key else ""),
+                      height=640)
+    return fig

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from sim.scenario.schema_base import StrictModel
+from sim.scenario.serving import Serving
 from sim.scenario.training import Gating, Model, Moe, Parallel, Training
 from sim.units import parse_bytes
 
@@ -155,9 +156,13 @@ class Scenario(StrictModel):
     parallel: Parallel = Parallel()
     training: Training = Training()
     gating: Gating = Gating()
+    serving: Serving | None = None
+    """With model and moe: an inference run instead of a training step."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Scenario:
+        if self.benchmark is not None and self.serving is not None:
+            raise ValueError("serving: a scenario is either a benchmark or a serving run, not both")
         if self.benchmark is not None and (self.model is not None or self.moe is not None):
             raise ValueError("benchmark: a scenario is either a benchmark or a training run "
                              "(model + moe), not both")
@@ -169,8 +174,10 @@ class Scenario(StrictModel):
 
     @property
     def kind(self) -> str:
-        """``benchmark`` or ``training``."""
-        return "benchmark" if self.benchmark is not None else "training"
+        """``benchmark``, ``training`` or ``serving``."""
+        if self.benchmark is not None:
+            return "benchmark"
+        return "serving" if self.serving is not None else "training"
 
 
 def section_model(annotation: Any) -> type[BaseModel] | None:

@@ -1,0 +1,1 @@
+"""MoE serving: request batching, expert caching and offload, the serving loop."""

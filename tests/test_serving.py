@@ -1,0 +1,160 @@
+"""The serving loop: offload modes, copies on the PCIe link, caches, memory, latency metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.errors import UserError
+from sim.scenario.load import load_scenario
+from sim.serving.engine import run_serving
+from sim.topology import load_topology
+
+BASE = {
+    "name": "s", "seed": 0, "topology": {"name": "dgx-h100", "gpu": "a100_sxm"},
+    "model": {"hidden_size": 256, "ffn_hidden_size": 1024, "num_layers": 4,
+              "num_attention_heads": 4, "seq_length": 128, "moe_layer_freq": 2},
+    "moe": {"num_experts": 8, "moe_router_topk": 1},
+    "gating": {"vocab_size": 1000, "sigma_ctx": 2.0},
+    "serving": {"requests": {"poisson": {"n": 2, "rate_per_s": 1000.0, "prompt_tokens": 16,
+                                         "output_tokens": 8}},
+                "max_running": 1, "attention_overhead_us": 100, "expert_overhead_us": 200,
+                "offload": {"h2d_latency_us": 3.0}},
+}
+
+
+def run(tmp_path, mode="gpu_only", sets=(), **serving):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["serving"].update(serving)
+    data["serving"]["offload"]["mode"] = mode
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    sc = load_scenario(path, list(sets))
+    return sc, run_serving(sc, load_topology(sc.topology.name, sc.topology.overrides), str(path))
+
+
+def _expert_bytes(sc):
+    return 2 * sc.model.hidden_size * sc.model.ffn_hidden_size * sc.training.dtype_bytes
+
+
+def test_on_demand_step_is_gpu_only_plus_the_copies(tmp_path):
+    _, gpu = run(tmp_path, "gpu_only")
+    sc, dem = run(tmp_path, "on_demand")
+    bw = load_topology("dgx-h100", {"gpu": "a100_sxm"}).gpu.pcie_bandwidth_Bps
+    copy = 3e-6 + _expert_bytes(sc) / bw  # one expert per MoE layer (top-1, one request)
+    n_moe = 2
+    for a, b in zip(gpu.steps, dem.steps, strict=True):
+        if a["decode"] and not a["prefill"]:  # a decode step copies one expert per layer
+            assert (b["end_s"] - b["start_s"]) - (a["end_s"] - a["start_s"]) == pytest.approx(
+                n_moe * copy, rel=1e-9)
+    assert dem.summary["expert_copies"] > 0 and gpu.summary["expert_copies"] == 0
+
+
+def test_pregated_hides_copies_behind_expert_compute(tmp_path):
+    _, gpu = run(tmp_path, "gpu_only")
+    _, dem = run(tmp_path, "on_demand")
+    _, pre = run(tmp_path, "pregated")
+    g, d, p = (r.summary["moe_block_mean_s"] for r in (gpu, dem, pre))
+    assert g < p < d
+    # every copy of a later block is overlapped with the previous block's experts (200 us)
+    sc = load_scenario_from(tmp_path)
+    bw = load_topology("dgx-h100", {"gpu": "a100_sxm"}).gpu.pcie_bandwidth_Bps
+    copy = 3e-6 + _expert_bytes(sc) / bw
+    assert d - p == pytest.approx(0.5 * min(copy, 200e-6), rel=0.05)  # 1 of 2 blocks hidden
+
+
+def load_scenario_from(tmp_path):
+    return load_scenario(tmp_path / "s.yaml")
+
+
+def test_a_copy_never_starts_before_its_experts_are_known(tmp_path):
+    for mode in ("on_demand", "pregated", "prefetch_all"):
+        _, res = run(tmp_path, mode)
+        assert res.loads
+        for load in res.loads:
+            assert load["issued_s"] >= load["known_s"] - 1e-15
+
+
+def test_with_everything_resident_every_mode_gives_the_same_latency(tmp_path):
+    lat = {}
+    for mode in ("gpu_only", "on_demand", "prefetch_all", "pregated"):
+        _, res = run(tmp_path, mode, offload={"mode": mode, "cache_experts_per_layer": 8,
+                                              "h2d_latency_us": 3.0})
+        lat[mode] = [r["latency_s"] for r in res.requests]
+        assert res.summary["expert_copies"] == 0
+    for mode in lat:
+        assert lat[mode] == pytest.approx(lat["gpu_only"], rel=1e-12)
+
+
+def test_memory_never_exceeds_hbm(tmp_path):
+    # 48 layers of 64 experts of 2 x 4096 x 16384 x 2 B = 268 MB each: 412 GB, far above 80 GiB
+    big = ["model.hidden_size=4096", "model.ffn_hidden_size=16384", "model.num_layers=48",
+           "model.num_attention_heads=32", "moe.num_experts=64"]
+    with pytest.raises(UserError, match=r"serving.offload: .* GiB needed on the GPU .* 80 GiB"):
+        run(tmp_path, "gpu_only", big)
+    _, res = run(tmp_path, "pregated", big)
+    hbm = 80 * 2**30
+    assert 0 < res.summary["peak_memory_bytes"] <= hbm
+    assert res.summary["decode_peak_memory_bytes"] <= res.summary["peak_memory_bytes"]
+
+
+def test_decode_memory_follows_the_buffers_of_each_mode(tmp_path):
+    mem = {m: run(tmp_path, m)[1].summary["decode_peak_memory_bytes"]
+           for m in ("gpu_only", "on_demand", "pregated", "prefetch_all")}
+    sc = load_scenario_from(tmp_path)
+    e = _expert_bytes(sc)
+    # gpu_only holds all 2 x 8 experts; on_demand one block's; pregated two; prefetch_all 1 + 8
+    assert mem["gpu_only"] - mem["on_demand"] == pytest.approx(15 * e, rel=0.01)
+    assert mem["pregated"] - mem["on_demand"] == pytest.approx(e, rel=0.01)
+    assert mem["prefetch_all"] - mem["on_demand"] == pytest.approx(8 * e, rel=0.01)
+
+
+def test_cache_keeps_experts_and_saves_copies(tmp_path):
+    copies, hits = [], []
+    for c in (0, 2, 4):
+        _, res = run(tmp_path, "on_demand", offload={"mode": "on_demand",
+                                                     "cache_experts_per_layer": c})
+        copies.append(res.summary["expert_copies"])
+        hits.append(res.summary["cache_hit_rate"])
+    assert copies[0] > copies[1] > copies[2]
+    assert hits[0] == 0.0 and hits[0] < hits[1] < hits[2]
+
+
+def test_latency_metrics_are_consistent(tmp_path):
+    _, res = run(tmp_path, "gpu_only", requests={"poisson": {
+        "n": 12, "rate_per_s": 50.0, "prompt_tokens": [8, 32], "output_tokens": [4, 16]}},
+        max_running=4)
+    s = res.summary
+    lat = np.array([r["latency_s"] for r in res.requests])
+    assert s["requests"] == 12 and len(res.requests) == 12
+    assert s["latency_mean_s"] == pytest.approx(lat.mean())
+    assert s["latency_p50_s"] <= s["latency_p95_s"] <= s["latency_p99_s"] <= lat.max()
+    for r in res.requests:
+        assert r["arrival_s"] < r["first_token_s"] <= r["finish_s"]
+        assert r["normalized_latency_s"] == pytest.approx(r["latency_s"] / r["output_tokens"])
+    steps = res.steps
+    assert all(a["end_s"] <= b["start_s"] + 1e-15 for a, b in zip(steps, steps[1:], strict=False))
+    # every output token is produced by exactly one step (prefill makes the first)
+    assert sum(st["prefill"] + st["decode"] for st in steps) == sum(
+        r["output_tokens"] for r in res.requests)
+
+
+def test_same_seed_same_run(tmp_path):
+    a = run(tmp_path, "pregated")[1].summary
+    b = run(tmp_path, "pregated")[1].summary
+    assert a == b
+
+
+def test_serving_cli_writes_files(tmp_path):
+    from tests.test_cli_run import moesim
+
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    proc = moesim("run", path, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "latency  mean" in proc.stdout
+    assert (out / "requests.csv").read_text().startswith("rid,arrival_s")
+    assert (out / "steps.csv").exists() and (out / "summary.json").exists()
