@@ -158,3 +158,38 @@ def test_serving_cli_writes_files(tmp_path):
     assert "latency  mean" in proc.stdout
     assert (out / "requests.csv").read_text().startswith("rid,arrival_s")
     assert (out / "steps.csv").exists() and (out / "summary.json").exists()
+
+
+def test_on_demand_decode_step_by_hand(tmp_path):
+    # one request, no prefill in the step: every layer is roofline + fixed costs, and each MoE
+    # layer adds the copy of its one expert (start-up + bytes / PCIe) on the critical path
+    from sim.compute import dense_layer_time_s, expert_ffn_time_s
+
+    sc, res = run(tmp_path, "on_demand", requests={"poisson": {
+        "n": 1, "rate_per_s": 1000.0, "prompt_tokens": 16, "output_tokens": 4}})
+    m, spec = sc.model, load_topology("dgx-h100", {"gpu": "a100_sxm"}).gpu
+    step = res.steps[1]  # the first decode step: context = 16 prompt + 1 generated token
+    assert (step["prefill"], step["decode"]) == (0, 1)
+    copy = 3e-6 + _expert_bytes(sc) / spec.pcie_bandwidth_Bps
+    expect = 0.0
+    for is_moe in m.moe_layers():
+        expect += float(dense_layer_time_s(
+            1, 17, m.hidden_size, m.num_attention_heads, spec,
+            ffn_hidden=None if is_moe else m.ffn_hidden_size,
+            num_experts=8 if is_moe else None, query_len=1, dtype_bytes=2)) + 100e-6 + 200e-6
+        if is_moe:
+            expect += copy + float(expert_ffn_time_s(1, m.hidden_size, m.ffn_hidden_size, spec,
+                                                     False, 2))
+    assert step["end_s"] - step["start_s"] == pytest.approx(expect, rel=1e-9)
+
+
+def test_engine_belady_keeps_what_the_queue_needs(tmp_path):
+    rates = {}
+    for policy in ("lru", "belady"):
+        _, res = run(tmp_path, "on_demand", offload={"mode": "on_demand",
+                                                     "cache_experts_per_layer": 2,
+                                                     "cache_policy": policy},
+                     requests={"poisson": {"n": 8, "rate_per_s": 200.0, "prompt_tokens": 8,
+                                           "output_tokens": 24}}, max_running=4)
+        rates[policy] = res.summary["cache_hit_rate"]
+    assert rates["belady"] > rates["lru"]  # the queue's next tokens are known: kept

@@ -196,14 +196,16 @@ class _Server:
         """Index of the token a decode of ``r`` processes next."""
         return r.prompt_tokens + self.generated.get(r.rid, 0)
 
-    def _used(self, rid: int, kind: str, layer: int) -> np.ndarray:
-        """Experts (flat, with repeats = tokens) of request ``rid``'s next work at ``layer``."""
+    def _used(self, rid: int, kind: str, layer: int, ahead: int = 0) -> np.ndarray:
+        """Experts (flat, with repeats = tokens) of request ``rid``'s next work at ``layer``
+        (``ahead`` tokens later for a decode)."""
         k = self.moe.moe_router_topk
         e = self.experts[rid][layer]
         r = self.requests[rid]
         if kind == "prefill":
             return e[: r.prompt_tokens * k]
-        pos = self._position(r) - 1  # the token generated last is the one fed back in
+        pos = self._position(r) - 1 + ahead  # the token generated last is the one fed back in
+        pos = min(pos, r.prompt_tokens + r.output_tokens - 1)
         return np.tile(e[pos * k:(pos + 1) * k], self.srv.beam_width)
 
     def _experts_of(self, item: WorkItem) -> frozenset:
@@ -212,15 +214,21 @@ class _Server:
     def _key_of(self, item: WorkItem) -> int:
         return int(np.bincount(self._used(item.rid, item.kind, 0)).argmax())
 
-    def _next_use(self, layer: int):
-        """Belady's oracle for ``layer``: 1 for an expert that the next work of a running or
-        waiting request uses (known ahead thanks to pre-gating: a decode's next token, a
-        prefill's whole prompt), infinity otherwise; ties fall back to least recently used."""
+    def _next_use(self, layer: int, batch):
+        """Belady's oracle for ``layer`` while ``batch`` runs: 1 for an expert that the next
+        work of a request uses (known ahead thanks to pre-gating: the token each decoding
+        request feeds back next, a waiting prefill's whole prompt), infinity otherwise; ties
+        fall back to least recently used."""
         soon: set[int] = set()
+        in_batch = set(batch.decode) | set(batch.prefill)
         for r in self.running:
-            soon.update(self._used(r.rid, "decode", layer).tolist())
+            soon.update(self._used(r.rid, "decode", layer, int(r.rid in in_batch)).tolist())
         for r in self.waiting:
-            soon.update(self._used(r.rid, "prefill", layer).tolist())
+            if r.rid in in_batch:  # prefilling now: its first decode feeds the prompt's next
+                soon.update(self.experts[r.rid][layer][r.prompt_tokens * self.moe.moe_router_topk:
+                            (r.prompt_tokens + 1) * self.moe.moe_router_topk].tolist())
+            else:
+                soon.update(self._used(r.rid, "prefill", layer).tolist())
         return lambda e: 1.0 if e in soon else np.inf
 
     # ------------------------------------------------------------------ loop
@@ -296,7 +304,7 @@ class _Server:
             if ahead:
                 yield env.all_of(ahead)
             self._sample_memory(decode, li)
-            self.caches[li].keep(need, env.now, self._next_use(li))
+            self.caches[li].keep(need, env.now, self._next_use(li, batch))
             self._drop_unused_prefetch(li)
             blocks.append(env.now - block_start)
         if decode and not prefill:
