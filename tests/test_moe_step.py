@@ -299,3 +299,30 @@ def test_bilevel_dispatch_crosses_nodes_once_on_the_source_rail(tmp_path):
     assert np.all(node[last[0]] == node[last[1]])
     off = node[:, None] != node[None, :]
     assert cross[2].sum() == pytest.approx(m[off].sum())  # every cross-node byte once
+
+
+def test_placement_moves_experts_and_their_traffic(tmp_path):
+    sc = scenario(tmp_path, gating={"popularity_skew": 1.0}, moe={"moe_router_topk": 1})
+    cl = load_topology("dgx-h100")
+    default = run_training(sc, cl)
+    block = np.repeat(np.arange(8), 2)  # the default: experts 2g, 2g+1 on GPU g
+    same = run_training(sc, cl, placement=np.stack([block, block]))
+    assert same.summary == default.summary
+    # everything on GPU 0: no GPU but 0 receives tokens, GPU 0 computes every expert
+    zero = run_training(sc, cl, placement=np.zeros((2, 16), dtype=int))
+    assert zero.summary["step_time_s"] > default.summary["step_time_s"]
+    lay = Layout.build(8, 8, 16).with_placement(np.zeros((2, 16), dtype=int), 2)
+    assert np.all(lay.expert_gpu(np.arange(8), 1) == 0)
+
+
+@pytest.mark.parametrize(("placement", "match"), [
+    (np.zeros((3, 16), dtype=int), "must be 2 MoE layers x 16 experts"),
+    (np.full((2, 16), 8), "must be in 0..7"),
+    (np.zeros((2, 16)), "integer GPU indices"),
+])
+def test_bad_placement_is_a_user_error(tmp_path, placement, match):
+    from sim.errors import UserError
+
+    sc = scenario(tmp_path)
+    with pytest.raises(UserError, match=match):
+        run_training(sc, load_topology("dgx-h100"), placement=placement)

@@ -12,11 +12,15 @@ blocks of ``ep`` consecutive units; expert e of a group lives on the group's uni
 the destination unit with the same TP rank (etp = tp; the unit then AllGathers them) or to the
 unit itself (etp = 1). The same expert is replicated in every EP group; the ranks holding the
 same shard of it reduce its gradients together.
+
+A ``placement`` (MoE layers, E) overrides the default block placement: entry [l, e] is the unit
+(0..ep-1, inside every EP group) holding expert e of MoE layer l, as a placement solver writes it
+(``moesim solve placement``). Units may then hold different numbers of experts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +37,7 @@ class Layout:
     experts: int
     tp: int = 1
     etp: int = 1
+    placement: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, gpus: int, ep: int, experts: int, tp: int = 1, source: str = "",
@@ -63,13 +68,30 @@ class Layout:
         """Experts (each a 1/etp shard) held by one rank."""
         return self.experts // self.ep
 
-    def expert_gpu(self, src: np.ndarray) -> np.ndarray:
-        """(len(src), E): the rank receiving the tokens of rank ``src`` for expert e."""
+    def expert_gpu(self, src: np.ndarray, layer: int = 0) -> np.ndarray:
+        """(len(src), E): the rank receiving the tokens of rank ``src`` for expert e at MoE layer
+        ``layer`` (the layer matters only with a placement)."""
         src = np.asarray(src)
         unit, tp_rank = src // self.etp, src % self.etp
         base = (unit // self.ep) * self.ep
-        dest_unit = base[:, None] + np.arange(self.experts)[None, :] // self.experts_per_gpu
-        return dest_unit * self.etp + tp_rank[:, None]
+        if self.placement is not None:
+            offset = self.placement[layer][None, :]
+        else:
+            offset = np.arange(self.experts)[None, :] // self.experts_per_gpu
+        return (base[:, None] + offset) * self.etp + tp_rank[:, None]
+
+    def with_placement(self, placement, layers: int, source: str = "") -> Layout:
+        """This layout with expert e of MoE layer l on unit ``placement[l][e]`` of every EP group;
+        a placement of the wrong shape or with units outside 0..ep-1 is a UserError."""
+        where = f"{source}: " if source else ""
+        a = np.asarray(placement)
+        if a.shape != (layers, self.experts) or not np.issubdtype(a.dtype, np.integer):
+            raise UserError(f"{where}placement: must be {layers} MoE layers x {self.experts} "
+                            f"experts of integer GPU indices (got shape {a.shape})")
+        if a.min() < 0 or a.max() >= self.ep:
+            raise UserError(f"{where}placement: GPU indices must be in 0..{self.ep - 1} "
+                            f"(the expert-parallel group), got {a.min()}..{a.max()}")
+        return replace(self, placement=a.astype(np.int64))
 
     def unit_groups(self) -> np.ndarray:
         """(gpus/etp, etp): the ranks of each expert unit (one TP group when etp = tp)."""

@@ -8,7 +8,7 @@ the step process times on the fabric.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -106,16 +106,18 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     groups = min(p, gating.routing_groups or p)
     counts = _Counts(n_moe, groups, e)
     step = scenario.training.step
-    expert_gpu = layout.expert_gpu(np.arange(p))
+    expert_gpu = [layout.expert_gpu(np.arange(p), li) for li in range(n_moe)]
     for g in range(groups):
         ids = gen.tokens(step, tokens, group=g)
         logits = gen.logits(step, ids, group=g)
         ctx = RouterContext(
-            topk=k, rng=rng, token_ids=ids, expert_gpu=expert_gpu[g], gpu_node=gpu_node,
+            topk=k, rng=rng, token_ids=ids, expert_gpu=expert_gpu[0][g], gpu_node=gpu_node,
             token_gpu=np.full(tokens, g), capacity=cap, params=dict(moe.router.params))
         for li in range(n_moe):
+            if layout.placement is not None:
+                ctx = replace(ctx, expert_gpu=expert_gpu[li][g])
             a = route(moe.router.name, logits[li], ctx)
-            counts.add(li, g, a, logits[li], cap, moe, expert_gpu[g] == g)
+            counts.add(li, g, a, logits[li], cap, moe, expert_gpu[li][g] == g)
             if moe.router.name in ROUTER_STATS:
                 counts.stat(li, ROUTER_STATS[moe.router.name](a, logits[li], ctx))
         if progress is not None:

@@ -27,12 +27,16 @@ class TrainingResult:
     spans: list[Span]
 
 
-def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None) -> StepInputs:
-    """Sizes, layout and routing plan of ``scenario`` on ``cluster``."""
+def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
+                placement=None) -> StepInputs:
+    """Sizes, layout and routing plan of ``scenario`` on ``cluster``; ``placement`` (MoE
+    layers, E) puts expert e of layer l on GPU ``placement[l][e]`` of each EP group."""
     model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
     tp = par.tensor_model_parallel_size
     layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
                           tp, source, par.expert_tensor_parallel_size, cluster.gpus_per_node)
+    if placement is not None:
+        layout = layout.with_placement(placement, sum(model.moe_layers()), source)
     where = f"{source}: " if source else ""
     tokens = model.micro_batch_size * model.seq_length
     for name, value in (("model.seq_length x micro_batch_size", tokens),
@@ -67,11 +71,13 @@ def _plan(scenario, layout, cluster, source, progress):
         raise
 
 
-def run_training(scenario, cluster: Cluster, source: str = "", progress=None) -> TrainingResult:
+def run_training(scenario, cluster: Cluster, source: str = "", progress=None,
+                 placement=None) -> TrainingResult:
     """Simulate one training step of ``scenario``; every number in the summary is SI.
 
-    ``progress(stage, done, total)``: optional callback (routing groups, then layers)."""
-    inp = step_inputs(scenario, cluster, source, progress)
+    ``progress(stage, done, total)``: optional callback (routing groups, then layers).
+    ``placement``: expert -> GPU per MoE layer (see ``step_inputs``), default block placement."""
+    inp = step_inputs(scenario, cluster, source, progress, placement)
     fab = scenario.fabric
     options = FabricOptions.from_settings(fab)
     env = simpy.Environment()
@@ -142,10 +148,11 @@ def locality(inp: StepInputs, node_of: np.ndarray) -> dict:
     """Share of routed (token, expert) pairs whose expert is on the token's own node, and the
     router's own statistics (mean over MoE layers)."""
     p = inp.layout.gpus
-    dest = inp.layout.expert_gpu(np.arange(p))
-    same = node_of[dest] == node_of[:p, None]
     routed = sum(float(r.routed.sum()) for r in inp.routing)
-    local = sum(float(r.routed[same].sum()) for r in inp.routing)
+    local = 0.0
+    for i, r in enumerate(inp.routing):
+        dest = inp.layout.expert_gpu(np.arange(p), i)
+        local += float(r.routed[node_of[dest] == node_of[:p, None]].sum())
     out = {"node_local_fraction": local / routed if routed else 0.0}
     for key in sorted({k for r in inp.routing for k in r.stats}):
         out[key] = float(np.mean([r.stats[key] for r in inp.routing if key in r.stats]))

@@ -122,7 +122,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
     ready = np.zeros(p)
     gpus = np.arange(p)
     act = inp.hidden * inp.dtype_bytes  # bytes per token slot
-    dest = lay.expert_gpu(gpus)  # (P, E)
+    moe_index = np.cumsum(inp.moe_layers) - 1
+    dests = [lay.expert_gpu(gpus, i) for i in range(len(inp.routing))]  # (P, E) per MoE layer
 
     def spans(cat, phase, layer, start, end):
         for g in gpus:
@@ -138,7 +139,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         if a2a:
             out.a2a_inter_node_bytes += inter
 
-    def dispatch_matrix(r: LayerRouting) -> np.ndarray:
+    def dispatch_matrix(r: LayerRouting, dest: np.ndarray) -> np.ndarray:
         m = np.zeros(p * p)
         np.add.at(m, (gpus[:, None] * p + dest).ravel(), r.slots.ravel() * float(act))
         return m.reshape(p, p)
@@ -172,7 +173,6 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         spans(cat, phase, layer, start, ready)
         return float(np.max(seconds))
 
-    moe_index = np.cumsum(inp.moe_layers) - 1
     tp, etp = lay.tp, lay.etp
     dense_fwd, tp_gather = {}, {}
     for moe in (False, True):
@@ -192,7 +192,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
     for layer, moe in enumerate(inp.moe_layers):
         if moe:
             r = inp.routing[moe_index[layer]]
-            m = dispatch_matrix(r)
+            dest = dests[moe_index[layer]]
+            m = dispatch_matrix(r, dest)
             matrices[layer] = m
             recv_slots = np.zeros((p, inp.experts))
             np.add.at(recv_slots, (dest.ravel(), np.tile(np.arange(inp.experts), p)),
