@@ -66,7 +66,12 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     if sc.kind == "training":
         from sim.moe.run import run_training
 
-        result = run_training(sc, cluster, str(scenario), _progress())
+        if sc.placement is not None:
+            from sim.solve.apply import run_with_placement
+
+            result = run_with_placement(sc, cluster, str(scenario), _progress())
+        else:
+            result = run_training(sc, cluster, str(scenario), _progress())
         click.echo(output.format_training_summary(sc, cluster, result.summary))
         files = output.training_files(sc, cluster, result)
     elif sc.kind == "serving":
@@ -120,6 +125,97 @@ def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ..
              "compare.json": rows, "compare.html": html}
     path = output.write_run(out or output.default_run_dir(f"{name}-compare"), files)
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
+
+
+@cli.group()
+def solve() -> None:
+    """Solve expert placement or priority flow admission & routing (ILP, GA, greedy)."""
+
+
+def _write_answer(out: Path, text: str) -> None:
+    """Write ``text`` to ``out`` atomically (a temporary sibling renamed into place)."""
+    import os
+
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise UserError(f"{out}: is a directory; --out names the answer file")
+    if not out.parent.exists():
+        raise UserError(f"{out}: directory {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    click.echo(f"wrote {out}", err=True)
+
+
+def _report(answer: Any, objective: float) -> None:
+    gap = "-" if answer.gap is None else f"{answer.gap:.2%}"
+    bound = "-" if answer.bound is None else f"{answer.bound:.6g}"
+    click.echo(f"solver {answer.solver}: {answer.status}, objective {objective:.6g}, "
+               f"bound {bound}, gap {gap}, {answer.wall_s:.2f} s")
+
+
+@solve.command(name="placement")
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--solver", type=click.Choice(["ilp", "ga", "greedy"]), default="ilp",
+              show_default=True)
+@click.option("--time-limit", "time_limit", type=float, default=60.0, show_default=True,
+              help="ILP / GA budget, seconds.")
+@click.option("--seed", type=int, default=None, help="GA seed (default: the scenario's).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario field (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Answer file (JSON); a scenario uses it with placement: {file: ...}.")
+def solve_placement(scenario: Path, solver: str, time_limit: float, seed: int | None,
+                    sets: tuple[str, ...], out: Path) -> None:
+    """Place the experts of training SCENARIO on its first expert-parallel group."""
+    from sim.scenario import load_scenario
+    from sim.solve.apply import placement_problem, solve_placement_problem
+
+    sc = load_scenario(scenario, sets)
+    if sc.kind != "training":
+        raise UserError(f"{scenario}: solve placement needs a training scenario (model: and moe:)")
+    problem = placement_problem(sc, _load_cluster(scenario, sc))
+    answer = solve_placement_problem(problem, solver, time_limit,
+                                     sc.seed if seed is None else seed)
+    _report(answer, answer.cost["total"])
+    _write_answer(out, answer.to_json())
+
+
+@solve.command(name="admission")
+@click.argument("problem", type=click.Path(path_type=Path))
+@click.option("--solver", type=click.Choice(["ilp", "ga", "greedy"]), default="ilp",
+              show_default=True)
+@click.option("--time-limit", "time_limit", type=float, default=60.0, show_default=True,
+              help="ILP / GA budget, seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="GA seed.")
+@click.option("--backend", type=click.Choice(["cbc", "highs"]), default="cbc", show_default=True,
+              help="ILP solver behind PuLP.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Answer file (JSON).")
+def solve_admission(problem: Path, solver: str, time_limit: float, seed: int, backend: str,
+                    out: Path) -> None:
+    """Admit and route the prioritised flows of PROBLEM (JSON, see docs/solvers.md)."""
+    from sim.solve.apply import solve_admission_problem
+    from sim.solve.pfar import Problem
+
+    prob = Problem.from_json(problem)
+    answer = solve_admission_problem(prob, solver, time_limit, seed, backend)
+    _report(answer, answer.objective)
+    _write_answer(out, answer.to_json())
+
+
+@solve.command(name="generate")
+@click.option("--nodes", type=click.IntRange(2, 1000), default=25, show_default=True)
+@click.option("--flows", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Problem file (JSON).")
+def solve_generate(nodes: int, flows: int, seed: int, out: Path) -> None:
+    """Write a semi-random flow admission instance (PFAR-style topology and flows)."""
+    from sim.solve.pfar import generate
+
+    prob = generate(nodes, flows, seed)
+    click.echo(f"instance: {len(prob.nodes)} nodes, {len(prob.links)} links, "
+               f"{len(prob.flows)} flows")
+    _write_answer(out, prob.to_json())
 
 
 def _progress():

@@ -210,4 +210,6 @@ def format_training_summary(scenario: Any, cluster: Any, summary: Mapping) -> st
         f"expert load max/mean {s['expert_load_imbalance']:.2f}",
         f"bytes            inter-node {s['inter_node_bytes'] / 1e9:.3f} GB, "
         f"intra-node {s['intra_node_bytes'] / 1e9:.3f} GB",
+        *([f"placement        {s['placement_speedup']:.3f}x vs the default placement "
+           f"({s['baseline_step_time_s'] * 1e3:.3f} ms before)"] if "placement" in s else []),
     ])

@@ -21,6 +21,10 @@ SLOW = {"moe-deepseek-v3", "smile-p4d"}  # ~1 min or more each: kept out of the 
 def _result(path: Path):
     sc = load_scenario(path)
     cluster = load_topology(sc.topology.name, sc.topology.overrides)
+    if sc.kind == "training" and sc.placement is not None:
+        from sim.solve.apply import run_with_placement
+
+        return run_with_placement(sc, cluster, str(path)).summary
     if sc.kind == "training":
         from sim.moe.run import run_training
 

@@ -137,7 +137,7 @@ def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, GOOD + "fabirc: {}\n"))
     assert msg.endswith(
         "fabirc: unknown field; allowed: name, description, seed, topology, fabric, benchmark, "
-        "model, moe, parallel, training, gating, serving"
+        "model, moe, parallel, training, gating, serving, placement"
     )
 
 

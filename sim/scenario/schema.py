@@ -26,7 +26,7 @@ from pydantic import (
 
 from sim.scenario.schema_base import StrictModel
 from sim.scenario.serving import Serving
-from sim.scenario.training import Gating, Model, Moe, Parallel, Training
+from sim.scenario.training import Gating, Model, Moe, Parallel, Placement, Training
 from sim.units import parse_bytes
 
 __all__ = ["StrictModel", "Scenario", "COLLECTIVES"]
@@ -158,6 +158,8 @@ class Scenario(StrictModel):
     gating: Gating = Gating()
     serving: Serving | None = None
     """With model and moe: an inference run instead of a training step."""
+    placement: Placement | None = None
+    """Training only: run the step with a solver's expert placement (and without, to compare)."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> Scenario:

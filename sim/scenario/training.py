@@ -137,3 +137,20 @@ class Gating(StrictModel):
     """Route only this many distinct micro-batches and give GPU g the routing of group
     g mod routing_groups (None: every GPU its own). Routing costs O(GPUs x tokens x experts);
     this bounds it for big sweeps, at the price of repeating load patterns across GPUs."""
+
+
+class Placement(StrictModel):
+    """Where experts live instead of the default blocks: a solver's answer ``file`` (JSON with
+    ``assign``: MoE layers x experts of GPU indices inside the expert-parallel group), or a
+    ``solver`` run before the step (``moesim solve placement`` does the same on its own)."""
+
+    file: str | None = None
+    solver: Literal["ilp", "ga", "greedy"] | None = None
+    time_limit_s: float = Field(60.0, gt=0)
+    """ILP and GA time budget, seconds."""
+
+    @model_validator(mode="after")
+    def _one(self) -> Placement:
+        if (self.file is None) == (self.solver is None):
+            raise ValueError("give exactly one of file: or solver:")
+        return self
