@@ -84,3 +84,32 @@ def test_bad_placement_file_in_a_scenario(tmp_path):
     proc = moesim("run", path, "--out", tmp_path / "out")
     assert proc.returncode == 2 and "placement: must be 2 MoE layers x 16 experts" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_then_admit_from_the_cli(tmp_path):
+    from sim.solve.pfar import Answer, Problem, check
+
+    prob = tmp_path / "p.json"
+    assert moesim("solve", "generate", "--nodes", "8", "--flows", "60", "--seed", "1",
+                  "--out", prob).returncode == 0
+    problem = Problem.from_json(prob)
+    assert len(problem.nodes) == 8 and len(problem.flows) == 60
+    objectives = {}
+    for solver in ("ilp", "ga", "greedy"):
+        out = tmp_path / f"{solver}.json"
+        proc = moesim("solve", "admission", prob, "--solver", solver, "--time-limit", "20",
+                      "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        answer = Answer.from_json(out)
+        objectives[solver] = json.loads(out.read_text())["objective"]
+        assert check(problem, answer) == pytest.approx(objectives[solver])  # feasible, consistent
+    assert "optimal" in moesim("solve", "admission", prob, "--out", tmp_path / "x.json").stdout
+    assert objectives["ga"] <= objectives["ilp"] and objectives["greedy"] <= objectives["ilp"]
+
+
+def test_bad_admission_problem_is_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nodes": ["a"]}')
+    proc = moesim("solve", "admission", bad, "--out", tmp_path / "x.json")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "flows" in proc.stderr and not (tmp_path / "x.json").exists()
