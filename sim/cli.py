@@ -256,7 +256,8 @@ def validate(file: Path) -> None:
     cluster = _load_cluster(file, sc)
     b = sc.benchmark
     what = (f"{b.collective}/{b.algorithm}" if b is not None
-            else f"training step, {sc.moe.num_experts} experts, router {sc.moe.router.name}")
+            else f"{'serving' if sc.kind == 'serving' else 'training step'}, "
+                 f"{sc.moe.num_experts} experts, router {sc.moe.router.name}")
     click.echo(f"ok: {file} (scenario {sc.name}: {what} on {cluster.name}, {_size(cluster)})")
 
 
