@@ -20,9 +20,9 @@ Objective: maximise the sum of ``w(priority)`` over admitted flows, where ``weig
   floats.
 
 Solvers, all returning an :class:`Answer` that :func:`check` accepts: :func:`solve_ilp` (path-form
-ILP, PuLP with CBC or HiGHS), :func:`solve_ga` (DEAP GA, seeded, repair-decoded) and
-:func:`greedy`. :func:`generate` draws congested random instances; :func:`from_cluster` builds
-one from a moe-sim cluster and an All-to-All traffic matrix.
+ILP, PuLP with CBC or HiGHS), :func:`solve_ga` (DEAP GA, seeded, repair-decoded, with a local
+search on new best individuals) and :func:`greedy`. :func:`generate` draws congested random
+instances; :func:`from_cluster` builds one from a moe-sim cluster and an All-to-All matrix.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from itertools import islice
@@ -149,7 +150,7 @@ def _invalid(p: Problem) -> str | None:
             return f"links[{i}]: must be (src, dst, capacity)"
         u, v, c = a
         for n in (u, v):
-            if n not in names:
+            if not isinstance(n, str) or n not in names:
                 return f"links[{i}]: unknown node {n!r}; links may only join listed nodes"
         if u == v:
             return f"links[{i}]: self-loop at {u!r}; src and dst must differ"
@@ -160,7 +161,7 @@ def _invalid(p: Problem) -> str | None:
             return f"links[{i}]: capacity {c!r}; must be a finite number >= 0"
     for i, f in enumerate(p.flows):
         for n in (f.src, f.dst):
-            if n not in names:
+            if not isinstance(n, str) or n not in names:
                 return f"flows[{i}]: unknown node {n!r}; flows may only join listed nodes"
         if f.src == f.dst:
             return f"flows[{i}]: src == dst == {f.src!r}; a flow must join two nodes"
@@ -172,8 +173,13 @@ def _invalid(p: Problem) -> str | None:
         return f"k_paths: {p.k_paths!r}; must be an integer >= 1"
     if p.weighting not in WEIGHTINGS:
         return f"weighting: {p.weighting!r}; allowed: {', '.join(WEIGHTINGS)}"
+    top = max((f.priority for f in p.flows), default=1)
+    if p.weighting == "strict" and top * math.log10(len(p.flows) + 1) > 300:
+        most = int(300 / math.log10(len(p.flows) + 1))
+        return (f"weighting: strict weights (flows + 1)**priority overflow a float at priority "
+                f"{top}; with {len(p.flows)} flows use priorities up to {most}")
     for n in p.endpoint_only:
-        if n not in names:
+        if not isinstance(n, str) or n not in names:
             return f"endpoint_only: unknown node {n!r}"
     return None
 
@@ -679,8 +685,10 @@ class _IlpModel:
     def _cbc(self, time_limit_s, msg):
         with tempfile.TemporaryDirectory() as tmp:
             log = os.path.join(tmp, "cbc.log")
-            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=0.0,
-                                       warmStart=True, logPath=log)
+            with warnings.catch_warnings():  # PuLP 3.3 announces PULP_CBC_CMD's removal in 4.0
+                warnings.simplefilter("ignore", DeprecationWarning)
+                solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=0.0,
+                                           warmStart=True, logPath=log)
             self.prob.solve(solver)
             text = Path(log).read_text() if os.path.exists(log) else ""
         if msg:
