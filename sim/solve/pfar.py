@@ -47,6 +47,7 @@ from deap import base
 
 from sim.errors import UserError
 from sim.rng import stream
+from sim.solve.jsonio import json_object
 
 WEIGHTINGS = ("linear", "strict")
 STATUSES = ("optimal", "feasible", "infeasible", "heuristic")
@@ -107,7 +108,7 @@ class Problem:
     def from_json(cls, text_or_path: str | Path) -> Problem:
         """Read a problem from JSON text or a ``.json`` file; mistakes raise one-line UserErrors."""
         text, where = _read(text_or_path)
-        d = _json_object(text, where)
+        d = json_object(text, where)
         missing = sorted({"nodes", "links", "flows"} - d.keys())
         if missing:
             raise UserError(f"{where}: missing field {missing[0]!r} (need nodes, links, flows)")
@@ -198,16 +199,6 @@ def _read(text_or_path: str | Path) -> tuple[str, str]:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _json_object(text: str, where: str) -> dict:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{where}: must hold a JSON object")
-    return d
-
-
 # ----------------------------------------------------------------------------- candidate paths
 
 
@@ -295,7 +286,7 @@ class Answer:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Answer:
         text, where = _read(text_or_path)
-        d = _json_object(text, where)
+        d = json_object(text, where)
         try:
             return cls(**d)
         except TypeError as e:

@@ -42,6 +42,7 @@ import pulp
 from deap import base, tools
 
 from sim.errors import UserError
+from sim.solve.jsonio import json_object
 
 #: The terms of the objective, in the order :func:`cost` returns them.
 TERMS = ("dispatch", "interlayer", "balance", "total")
@@ -114,7 +115,7 @@ class PlacementProblem:
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> PlacementProblem:
         """Parse and validate; every problem raises a one-line UserError naming ``source``."""
-        data = _json_object(text, source)
+        data = json_object(text, source)
         names = [f.name for f in fields(cls)]
         for key in data:
             if key not in names:
@@ -195,16 +196,6 @@ def _read(path: str | Path) -> str:
         raise UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-
-
-def _json_object(text: str, source: str) -> dict:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{source}: not valid JSON: {e.msg} at line {e.lineno}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: (top level): must be a JSON object of named fields")
-    return data
 
 
 # ------------------------------------------------------------------------------------ cost
@@ -308,7 +299,7 @@ class PlacementAnswer:
 
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> PlacementAnswer:
-        data = _json_object(text, source)
+        data = json_object(text, source)
         names = [f.name for f in fields(cls)]
         for key in data:
             if key not in names:
