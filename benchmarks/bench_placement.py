@@ -66,9 +66,45 @@ def row(name: str, a, layout_total: float, step: float) -> str:
             f"{a.wall_s:.1f} | {step:.2f} |")
 
 
-def main() -> None:
-    from sim.solve.placement import PlacementAnswer, check, cost, greedy, solve_ga, solve_ilp
+def report(layers: int = 3, per_gpu: int = 3, memory_experts: int = 7,
+           time_limit_s: float = 60.0, seed: int = 0, out: Path | None = None) -> str:
+    """Solve the benchmark problem with every solver; the measured table as markdown text
+    (every answer passes ``check``). ``out``: also write problem.json and one answer each."""
+    from sim.solve.placement import block_placement, check, greedy, solve_ga, solve_ilp
 
+    t0 = time.perf_counter()
+    p, sc, cluster = build(layers, per_gpu, memory_experts)
+    lines = [f"problem: {p.layers} layers x {p.experts} experts on {p.gpus} GPUs "
+             f"({len(set(p.gpu_node))} servers), <= {p.max_experts_per_gpu} per layer per GPU, "
+             f"<= {p.memory_slots} per GPU; load max/mean per layer "
+             f"{np.round(p.load.max(axis=1) / p.load.mean(axis=1), 2).tolist()}; "
+             f"built in {time.perf_counter() - t0:.1f} s"]
+    base = block_placement(p)
+    answers = {"layout": base, "greedy": greedy(p),
+               "ga": solve_ga(p, seed=seed, time_limit_s=time_limit_s, generations=10**6),
+               "ilp": solve_ilp(p, time_limit_s=time_limit_s)}
+    for a in answers.values():
+        check(p, a)
+    info = answers["ilp"].info
+    lines += [f"ILP: {info['binaries']} binaries, {info['continuous']} continuous, "
+              f"{info['constraints']} constraints, {info['nonzeros']} nonzeros; CBC: "
+              f"{info['cbc_result']}; GA: {answers['ga'].info['generations']} generations", "",
+              "Objective terms in ms (link-seconds and GPU-seconds, see sim/solve/placement); "
+              "vs layout = total / layout's total.", "",
+              "| solver | status | total | dispatch | interlayer | balance | vs layout | bound "
+              "| gap | wall s | simulated step ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [row(name, a, base.cost["total"], step_ms(sc, cluster, a.assign))
+              for name, a in answers.items()]
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        p.save(out / "problem.json")
+        for name, a in answers.items():
+            a.save(out / f"{name}.json")
+    return "\n".join(lines)
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=3, help="MoE layers (all layers are MoE)")
     ap.add_argument("--per-gpu", type=int, default=3, help="max experts of a layer per GPU")
@@ -78,38 +114,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="GA seed")
     ap.add_argument("--out", type=Path, help="write problem.json and one answer JSON per solver")
     args = ap.parse_args()
-
-    t0 = time.perf_counter()
-    p, sc, cluster = build(args.layers, args.per_gpu, args.memory_experts)
-    print(f"problem: {p.layers} layers x {p.experts} experts on {p.gpus} GPUs "
-          f"({len(set(p.gpu_node))} servers), <= {p.max_experts_per_gpu} per layer per GPU, "
-          f"<= {p.memory_slots} per GPU; load max/mean per layer "
-          f"{np.round(p.load.max(axis=1) / p.load.mean(axis=1), 2).tolist()}; "
-          f"built in {time.perf_counter() - t0:.1f} s")
-    layout = np.tile(np.arange(p.experts) // (p.experts // p.gpus), (p.layers, 1))
-    base = PlacementAnswer(layout, cost(p, layout), "feasible", None, None, 0.0, "layout")
-    answers = {"layout": base, "greedy": greedy(p),
-               "ga": solve_ga(p, seed=args.seed, time_limit_s=args.time_limit,
-                              generations=10**6),
-               "ilp": solve_ilp(p, time_limit_s=args.time_limit)}
-    for a in answers.values():
-        check(p, a)
-    info = answers["ilp"].info
-    print(f"ILP: {info['binaries']} binaries, {info['continuous']} continuous, "
-          f"{info['constraints']} constraints, {info['nonzeros']} nonzeros; CBC: "
-          f"{info['cbc_result']}; GA: {answers['ga'].info['generations']} generations\n")
-    print("Objective terms in ms (link-seconds and GPU-seconds, see sim/solve/placement.py); "
-          "vs layout = total / layout's total.\n")
-    print("| solver | status | total | dispatch | interlayer | balance | vs layout | bound | gap "
-          "| wall s | simulated step ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, a in answers.items():
-        print(row(name, a, base.cost["total"], step_ms(sc, cluster, a.assign)), flush=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        p.save(args.out / "problem.json")
-        for name, a in answers.items():
-            a.save(args.out / f"{name}.json")
+    print(report(args.layers, args.per_gpu, args.memory_experts, args.time_limit, args.seed,
+                 args.out))
 
 
 if __name__ == "__main__":

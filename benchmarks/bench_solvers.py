@@ -1,17 +1,25 @@
-"""Solvers beside the simulation, timed on generated instances.
+"""Solvers beside the simulation, timed: flow admission (PFAR) and expert placement.
 
-PFAR (priority flow admission and routing, ``sim.solve.pfar``): for each (nodes, flows) size,
-one instance from ``generate(nodes, flows, seed)`` (linear weights, load 1.0, lognormal
-demands with sigma 1; ``--load`` and ``--demand-sigma`` change them). The ILP runs
-with a wall-clock limit (default 60 s); the GA then gets the same budget the ILP used (its wall
-time, capped at the limit) and unlimited generations, so both sides had equal time. Columns:
-candidate-path time (shared, outside both budgets), ILP status / wall / objective / best bound /
-gap, the fraction of flows the ILP rejects, greedy and GA objectives over the ILP's (that is the
+PFAR (priority flow admission and routing, ``sim.solve.pfar``): for each (nodes, flows) size and
+each instance family, one instance from ``generate(nodes, flows, seed, ...)`` (linear weights):
+
+* ``equal``: every flow the same rate (``demand_sigma=0``) at offered load 0.6, so that about
+  20 % of the flows must be rejected (fixed-rate SDN flows);
+* ``skewed``: lognormal rates (``demand_sigma=1``) at offered load 1.0 (13-29 % rejected).
+
+The ILP runs with a wall-clock limit (default 60 s); the GA then gets the same budget the ILP used
+(its wall time, capped at the limit) and unlimited generations, so both sides had equal time.
+Columns: candidate-path time (shared, outside both budgets), ILP status / wall / objective / best
+bound / gap, the fraction of flows the ILP rejects, greedy and GA objectives over the ILP's (the
 ratio to the optimum when the ILP status is "optimal"), and GA over the ILP bound (a guaranteed
 lower bound on the GA's ratio to the unknown optimum otherwise).
 
-    python benchmarks/bench_solvers.py                               # 9 sizes, CBC, 60 s
-    python benchmarks/bench_solvers.py --sizes 10x500,50x2000 --limit 20 --backend highs
+Placement: 64 experts on 32 GPUs, ILP vs GA vs greedy vs the default layout, and the simulated
+step of each placement (``benchmarks/bench_placement.py``, which also runs alone).
+
+    python benchmarks/bench_solvers.py              # both families, 9 sizes, HiGHS; placement
+    python benchmarks/bench_solvers.py --families equal --sizes 50x2000 --placement-layers 0
+    python benchmarks/bench_solvers.py --backend cbc --limit 20
 """
 
 from __future__ import annotations
@@ -67,21 +75,36 @@ def pfar_table(rows: list[dict], backend: str, limit_s: float) -> str:
     return "\n".join(lines)
 
 
+#: Instance families: ``generate`` keywords of each.
+FAMILIES = {"equal": {"demand_sigma": 0.0, "load": 0.6},
+            "skewed": {"demand_sigma": 1.0, "load": 1.0}}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(f"{n}x{f}" for n, f in PFAR_SIZES),
                     help="comma-separated NODESxFLOWS (default: all 9 combinations)")
     ap.add_argument("--limit", type=float, default=60.0, help="ILP wall-clock limit, s")
-    ap.add_argument("--backend", default="cbc", choices=["cbc", "highs"])
+    ap.add_argument("--backend", default="highs", choices=["cbc", "highs"])
     ap.add_argument("--seed", type=int, default=1, help="instance seed")
-    ap.add_argument("--load", type=float, default=1.0, help="offered load (generate)")
-    ap.add_argument("--demand-sigma", type=float, default=1.0, help="lognormal demand sigma")
+    ap.add_argument("--families", default="equal,skewed",
+                    help=f"comma-separated instance families: {', '.join(FAMILIES)}")
+    ap.add_argument("--placement-layers", type=int, default=2,
+                    help="MoE layers of the placement benchmark (0: skip it)")
     args = ap.parse_args(argv)
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    rows = pfar_rows(sizes, args.limit, args.backend, args.seed, load=args.load,
-                     demand_sigma=args.demand_sigma)
-    print("## PFAR: priority flow admission and routing\n")
-    print(pfar_table(rows, args.backend, args.limit))
+    families = args.families.split(",")
+    if set(families) - FAMILIES.keys():
+        ap.error(f"--families: allowed {', '.join(FAMILIES)}")
+    for family in families:
+        rows = pfar_rows(sizes, args.limit, args.backend, args.seed, **FAMILIES[family])
+        print(f"## PFAR, {family} demands ({FAMILIES[family]})\n")
+        print(pfar_table(rows, args.backend, args.limit), "\n", flush=True)
+    if args.placement_layers:
+        from bench_placement import report
+
+        print(f"## Expert placement, {args.placement_layers} layers\n")
+        print(report(layers=args.placement_layers, time_limit_s=args.limit))
 
 
 if __name__ == "__main__":

@@ -58,36 +58,15 @@ def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     """Run SCENARIO: print an nccl-tests style table and write summary.json."""
     from sim import output
     from sim.scenario import load_scenario
+    from sim.simulate import simulate
 
     sc = load_scenario(scenario, sets)  # input mistakes surface before the engine is imported
     if out is not None:
         output.check_out_dir(out)
-    cluster = _load_cluster(scenario, sc)
-    if sc.kind == "training":
-        from sim.moe.run import run_training
-
-        if sc.placement is not None:
-            from sim.solve.apply import run_with_placement
-
-            result = run_with_placement(sc, cluster, str(scenario), _progress())
-        else:
-            result = run_training(sc, cluster, str(scenario), _progress())
-        click.echo(output.format_training_summary(sc, cluster, result.summary))
-        files = output.training_files(sc, cluster, result)
-    elif sc.kind == "serving":
-        from sim.serving.engine import run_serving
-
-        result = run_serving(sc, cluster, str(scenario))
-        click.echo(output.format_serving_summary(sc, cluster, result.summary))
-        files = output.serving_files(sc, cluster, result)
-    else:
-        from sim.collectives import run_benchmark
-
-        results = run_benchmark(sc, cluster)
-        click.echo(output.format_benchmark_table(sc, cluster, results))
-        files = {"summary.json": output.benchmark_summary(sc, cluster, results)}
-    path = output.write_run(out or output.default_run_dir(sc.name), files)
-    click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
+    done = simulate(sc, _load_cluster(scenario, sc), str(scenario), _progress())
+    click.echo(done.text)
+    path = output.write_run(out or output.default_run_dir(sc.name), done.files)
+    click.echo(f"wrote {', '.join(str(path / f) for f in done.files)}", err=True)
 
 
 @cli.command()
@@ -127,6 +106,43 @@ def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ..
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
 
 
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Sweep directory (default: runs/<sweep name>-sweep/). A directory of the same "
+                   "sweep is resumed: finished runs are skipped.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local worker processes (default: one per CPU; 1 runs in this process).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on the Dask cluster of this scheduler instead, e.g. tcp://host:8786.")
+@click.option("--retry-failed", "retry_failed", is_flag=True,
+              help="Run failed runs again (default: a rerun keeps their error rows).")
+def sweep(file: Path, out: Path | None, workers: int | None, scheduler: str | None,
+          retry_failed: bool) -> int:
+    """Run the sweep FILE (a scenario, overrides, a grid, seeds; see README): one row per run
+    in sweep.csv, sweep.jsonl, sweep.parquet, a figure in sweep.html. Exit status 1 when a
+    run failed (the others still run)."""
+    from sim import output
+    from sim.sweep import format_table, load_sweep_spec, run_sweep
+
+    spec = load_sweep_spec(file)  # every run validated before anything is written
+    out = out or Path("runs") / f"{spec.name}-sweep"
+    result = run_sweep(spec, out, workers, scheduler, retry_failed, _progress(),
+                       log=lambda line: click.echo(line, err=True))
+    click.echo(format_table(result.rows))
+    from sim.report.sweep import sweep_figure
+
+    html = sweep_figure(result.rows, spec.fields).to_html(include_plotlyjs="inline",
+                                                          full_html=True)
+    files = [*result.files, output.write_file(out / "sweep.html", html)]
+    click.echo(f"wrote {', '.join(map(str, files))} and {out / 'runs'}/", err=True)
+    if result.failed:
+        click.echo(f"error: {result.failed} of {len(result.rows)} runs failed (see the error "
+                   f"column of {out / 'sweep.csv'}; --retry-failed runs them again)", err=True)
+        return 1
+    return 0
+
+
 @cli.group()
 def solve() -> None:
     """Solve expert placement or priority flow admission & routing (ILP, GA, greedy)."""
@@ -134,16 +150,14 @@ def solve() -> None:
 
 def _write_answer(out: Path, text: str) -> None:
     """Write ``text`` to ``out`` atomically (a temporary sibling renamed into place)."""
-    import os
+    from sim import output
 
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UserError(f"{out}: is a directory; --out names the answer file")
     if not out.parent.exists():
         raise UserError(f"{out}: directory {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    output.write_file(out, text)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -204,17 +218,55 @@ def solve_admission(problem: Path, solver: str, time_limit: float, seed: int, ba
 
 
 @solve.command(name="generate")
-@click.option("--nodes", type=click.IntRange(2, 1000), default=25, show_default=True)
-@click.option("--flows", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--nodes", type=click.IntRange(2, 1000), default=25, show_default=True,
+              help="Random instance: nodes.")
+@click.option("--flows", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
+              help="Random instance: flows.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random instance seed.")
+@click.option("--scenario", type=click.Path(path_type=Path),
+              help="Instead: the dispatch All-to-All of this training scenario on its cluster.")
+@click.option("--layer", type=int, default=0, show_default=True,
+              help="With --scenario: the MoE layer (0-based) whose dispatch to admit.")
+@click.option("--window-us", "window_us", type=float, default=None,
+              help="With --scenario: the time window the admitted chunks must fit in, us "
+                   "(default: the busiest GPU's own inter-node time).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="With --scenario: override a scenario field (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Problem file (JSON).")
-def solve_generate(nodes: int, flows: int, seed: int, out: Path) -> None:
-    """Write a semi-random flow admission instance (PFAR-style topology and flows)."""
-    from sim.solve.pfar import generate
+@click.pass_context
+def solve_generate(ctx: click.Context, nodes: int, flows: int, seed: int,
+                   scenario: Path | None, layer: int, window_us: float | None,
+                   sets: tuple[str, ...], out: Path) -> None:
+    """Write a flow admission instance: semi-random (PFAR-style topology and flows), or one
+    All-to-All of a training scenario (--scenario)."""
+    from click.core import ParameterSource
 
-    prob = generate(nodes, flows, seed)
+    random_opts = [f"--{n}" for n in ("nodes", "flows", "seed")
+                   if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if scenario is None:
+        if sets or window_us is not None or ctx.get_parameter_source("layer") == \
+                ParameterSource.COMMANDLINE:
+            raise UserError("solve generate: --layer, --window-us and --set need --scenario")
+        from sim.solve.pfar import generate
+
+        prob = generate(nodes, flows, seed)
+    else:
+        if random_opts:
+            raise UserError(f"solve generate: {random_opts[0]} describes a random instance; "
+                            "leave it out with --scenario")
+        from sim.scenario import load_scenario
+        from sim.solve.apply import admission_problem
+
+        sc = load_scenario(scenario, sets)
+        if sc.kind != "training":
+            raise UserError(f"{scenario}: solve generate --scenario needs a training scenario "
+                            "(model: and moe:)")
+        window_s = None if window_us is None else window_us * 1e-6
+        prob, window_s = admission_problem(sc, _load_cluster(scenario, sc), layer, window_s,
+                                           str(scenario))
+    window = "" if scenario is None else f", window {window_s * 1e6:.6g} us"
     click.echo(f"instance: {len(prob.nodes)} nodes, {len(prob.links)} links, "
-               f"{len(prob.flows)} flows")
+               f"{len(prob.flows)} flows{window}")
     _write_answer(out, prob.to_json())
 
 
@@ -226,7 +278,7 @@ def _progress():
         return None
 
     def show(stage: str, done: int, total: int) -> None:
-        end = "\n" if stage == "backward" and done == total else ""
+        end = "\n" if stage in ("backward", "runs") and done == total else ""
         click.echo(f"\r{stage:>8} {done}/{total}   ", err=True, nl=False)
         if end:
             click.echo("", err=True)

@@ -84,6 +84,22 @@ def write_run(out_dir: Path, files: Mapping[str, str | bytes | dict | list]) -> 
     return out_dir
 
 
+def write_file(path: Path, content: str | bytes) -> Path:
+    """Write one file atomically (a hidden temporary sibling renamed into place); return it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def benchmark_summary(scenario: Any, cluster: Any, results: Sequence[Mapping]) -> dict:
     """The ``summary.json`` of a collective benchmark: scenario (after overrides), cluster, rows.
 
@@ -140,25 +156,28 @@ LAYER_COLUMNS = ("layer", "moe", "attention_s", "dispatch_s", "expert_s", "combi
 LINK_COLUMNS = ("link", "src", "dst", "tier", "capacity_gbps", "bytes", "utilisation")
 
 
-def training_files(scenario: Any, cluster: Any, result: Any) -> dict:
-    """The files of a training run: summary.json, layers.csv, links.csv, report.html,
-    trace.json (Chrome trace format; open in Perfetto)."""
-    from sim.report import chrome_trace, render_report
-
+def training_files(scenario: Any, cluster: Any, result: Any, reports: bool = True) -> dict:
+    """The files of a training run: summary.json, layers.csv, links.csv and, with ``reports``,
+    report.html and trace.json (Chrome trace format; open in Perfetto)."""
     summary = {
         "scenario": scenario.model_dump(mode="json"),
         "cluster": {"name": cluster.name, "gpus": int(cluster.num_gpus),
                     "nodes": int(cluster.num_nodes)},
         **result.summary,
     }
-    return {
+    files = {
         "summary.json": summary,
         "layers.csv": csv_text(result.layers, LAYER_COLUMNS),
         "links.csv": csv_text(result.links, LINK_COLUMNS),
-        "report.html": render_report(f"{scenario.name} on {cluster.name}", result.summary,
-                                     result.layers, result.links, result.spans),
-        "trace.json": chrome_trace(result.spans, gpu_node=cluster.node_of.tolist()),
     }
+    if reports:
+        from sim.report import chrome_trace, render_report
+
+        files["report.html"] = render_report(f"{scenario.name} on {cluster.name}",
+                                             result.summary, result.layers, result.links,
+                                             result.spans)
+        files["trace.json"] = chrome_trace(result.spans, gpu_node=cluster.node_of.tolist())
+    return files
 
 
 REQUEST_COLUMNS = ("rid", "arrival_s", "prompt_tokens", "output_tokens", "first_token_s",

@@ -130,3 +130,48 @@ def test_comparison_figure_with_sweep():
     assert list(step[0].x) == [0.5, 1.0] and list(step[0].y) == pytest.approx([5.0, 10.0])
     assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per variant
     assert "moe.moe_expert_capacity_factor" in fig.layout.title.text
+
+
+def test_sweep_lines_one_panel_per_metric_one_line_per_variant():
+    from sim.report.compare import ROUTING_METRICS, sweep_lines
+
+    rows = [{**_row(v, cf, 0.01 * cf, 0.5 / cf), "expert_load_imbalance": 1 + cf}
+            for cf in (0.5, 1.0, 2.0) for v in ("a", "b")]
+    fig = sweep_lines(rows, "moe.moe_expert_capacity_factor")
+    assert len(fig.data) == 2 * len(ROUTING_METRICS)
+    drop = [t for t in fig.data if "dropped" in t.hovertemplate]
+    assert [t.name for t in drop] == ["a", "b"]
+    assert list(drop[0].x) == [0.5, 1.0, 2.0]
+    assert list(drop[0].y) == pytest.approx([100.0, 50.0, 25.0])  # percent
+    imbalance = [t for t in fig.data if "imbalance" in t.hovertemplate]
+    assert list(imbalance[1].y) == pytest.approx([1.5, 2.0, 3.0])
+    step = [t for t in fig.data if "step time" in t.hovertemplate]
+    assert list(step[0].y) == pytest.approx([5.0, 10.0, 20.0])  # ms
+    assert sum(t.showlegend for t in fig.data) == 2
+    assert drop[0].line.color == step[0].line.color != drop[1].line.color
+    one = sweep_lines(rows, "x", ROUTING_METRICS[:1])
+    assert len(one.data) == 2 and one.layout.xaxis.title.text == "x"
+
+
+def _serving_row(variant, sweep, block_s, mem):
+    return {"variant": variant, "sweep": sweep, "moe_block_mean_s": block_s,
+            "tokens_per_s": 1.0 / block_s, "latency_p95_s": 100 * block_s,
+            "decode_peak_memory_bytes": mem}
+
+
+def test_serving_figure_names_bars_by_swept_value_and_logs_wide_panels():
+    from sim.report.compare import comparison
+
+    rows = [_serving_row("base", m, b, g * 2**30) for m, b, g in
+            (("gpu_only", 0.001, 14), ("on_demand", 0.002, 0.4), ("prefetch_all", 0.1, 5))]
+    fig = comparison(rows, "serving.offload.mode")
+    block = fig.data[0]
+    assert list(block.x) == ["gpu_only", "on_demand", "prefetch_all"]
+    assert list(block.y) == pytest.approx([1.0, 2.0, 100.0])  # ms
+    assert len(set(block.marker.color)) == 3  # one colour per mode
+    assert list(fig.data[3].y) == pytest.approx([14, 0.4, 5])  # GiB
+    # block times span 100x: log axis; memory spans 35x: log; nothing else is logged
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis4.type == "log"
+    rows = [_serving_row(v, None, b, 2**30) for v, b in (("a", 0.001), ("b", 0.002))]
+    fig = comparison(rows)
+    assert list(fig.data[0].x) == ["a", "b"] and fig.layout.yaxis.type != "log"

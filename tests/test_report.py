@@ -251,9 +251,142 @@ def test_chrome_trace_pid_defaults_and_node_names():
 
 def test_report_does_not_import_engine():
     code = (
-        "import sys, sim.report; "
+        "import sys, sim.report, sim.report.compare, sim.report.placement, sim.report.serving; "
         "print(','.join(m for m in sys.modules if m.startswith(('sim.network', 'sim.moe', "
-        "'sim.collectives', 'sim.topology', 'simpy'))))"
+        "'sim.collectives', 'sim.topology', 'simpy', 'sim.solve', 'pulp', 'deap'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# -------------------------------------------------------------------- per-link heat map
+
+
+def _link(i, src, dst, tier, util):
+    return {"link": i, "src": src, "dst": dst, "tier": tier, "capacity_gbps": 400.0,
+            "bytes": util * 1e6, "utilisation": util}
+
+
+def _tiny_fabric():
+    """Two GPUs per leaf, two leaves, two spines (bipartite tiers), plus a 3-GPU mesh (not)."""
+    rng = np.random.default_rng(1)
+    pairs = [("g0", "leaf0", "nic"), ("g1", "leaf0", "nic"), ("g2", "leaf1", "nic"),
+             ("g3", "leaf1", "nic")]
+    pairs += [(f"leaf{a}", f"spine{b}", "leaf-spine") for a in range(2) for b in range(2)]
+    pairs += [(a, b, "mesh") for a, b in (("g0", "g1"), ("g1", "g2"), ("g2", "g0"))]
+    links = []
+    for src, dst, tier in pairs:  # both directions of each full-duplex link
+        links.append(_link(len(links), src, dst, tier, float(rng.uniform(0, 1))))
+        links.append(_link(len(links), dst, src, tier, float(rng.uniform(0, 1))))
+    return links
+
+
+def test_two_sides_splits_bipartite_tiers_and_refuses_odd_cycles():
+    from sim.report.links import two_sides
+
+    links = _tiny_fabric()
+    assert two_sides([r for r in links if r["tier"] == "nic"]) == (
+        ["g0", "g1", "g2", "g3"], ["leaf0", "leaf1"])
+    assert two_sides([r for r in links if r["tier"] == "leaf-spine"]) == (
+        ["leaf0", "leaf1"], ["spine0", "spine1"])
+    assert two_sides([r for r in links if r["tier"] == "mesh"]) is None
+
+
+def test_link_heatmap_cells_are_the_link_utilisations():
+    from sim.report import link_heatmap
+
+    links = _tiny_fabric()
+    fig = link_heatmap(links)
+    assert [(t.meta["tier"], t.meta["direction"]) for t in fig.data] == [
+        ("nic", "forward"), ("nic", "reverse"), ("leaf-spine", "forward"),
+        ("leaf-spine", "reverse"), ("mesh", "square")]
+    seen = 0
+    for t in fig.data:
+        z = np.asarray(t.z, dtype=float)
+        rows, cols = list(t.y), list(t.x)
+        for r in links:
+            if r["tier"] != t.meta["tier"]:
+                continue
+            a, b = r["src"], r["dst"]
+            if t.meta["direction"] == "reverse":
+                a, b = b, a
+            if a in rows and b in cols:
+                assert z[rows.index(a), cols.index(b)] == pytest.approx(r["utilisation"] * 100)
+                seen += 1
+        assert np.isnan(z).sum() == z.size - np.isfinite(z).sum()
+    assert seen == len(links)  # every directed link in exactly one cell
+    cells = sum(int(np.isfinite(np.asarray(t.z, dtype=float)).sum()) for t in fig.data)
+    assert cells == len(links)
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 100.0)
+    assert [t.meta["tier"] for t in link_heatmap(links, tiers=["mesh"]).data] == ["mesh"]
+    with pytest.raises(ValueError, match="no links of tier"):
+        link_heatmap(links, tiers=["core"])
+
+
+def test_link_heatmap_of_a_run_covers_every_link_and_none_is_over_full(tmp_path):
+    from sim.moe.run import run_training
+    from sim.report import link_heatmap
+    from sim.topology import load_topology
+    from tests.test_moe_step import scenario
+
+    sc = scenario(tmp_path, topology={"name": "h100-leaf-spine", "nodes": 2},
+                  parallel={"expert_model_parallel_size": 16})
+    result = run_training(sc, load_topology("h100-leaf-spine", {"nodes": 2}))
+    fig = link_heatmap(result.links)
+    z = np.concatenate([np.asarray(t.z, dtype=float).ravel() for t in fig.data])
+    z = z[np.isfinite(z)]
+    assert len(z) == len(result.links)
+    assert z.max() <= 100.0 + 1e-9 and z.min() >= 0.0
+    assert sorted(z) == pytest.approx(sorted(r["utilisation"] * 100 for r in result.links))
+
+
+# -------------------------------------------------------------------- placements, serving
+
+
+def test_placement_load_colours_each_gpus_share_of_its_layer():
+    from sim.report.placement import gpu_loads, placement_load
+
+    load = np.array([[10.0, 30.0, 20.0, 20.0], [5.0, 5.0, 50.0, 20.0]])
+    blocks = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    spread = np.array([[0, 1, 0, 1], [0, 1, 1, 0]])
+    tokens, experts = gpu_loads(load, spread, 2)
+    assert tokens.tolist() == [[30.0, 50.0], [25.0, 55.0]]
+    assert experts.tolist() == [[2, 2], [2, 2]]
+    fig = placement_load(load, {"blocks": blocks, "spread": spread}, gpus=2)
+    assert [t.meta["placement"] for t in fig.data] == ["blocks", "spread"]
+    assert np.allclose(np.asarray(fig.data[0].z), [[1.0, 1.0], [0.25, 1.75]])
+    assert np.allclose(np.asarray(fig.data[1].z), [[0.75, 1.25], [0.625, 1.375]])
+    assert np.asarray(fig.data[1].customdata).tolist() == tokens.tolist()
+    assert fig.layout.coloraxis.cmid == 1.0
+    # the title gives the mean over layers of the busiest GPU's ratio
+    assert "straggler 1.38x" in fig.layout.annotations[0].text
+    assert "straggler 1.31x" in fig.layout.annotations[1].text
+
+
+def test_placement_summary_bars():
+    from sim.report.placement import placement_summary
+
+    rows = [{"placement": name, "status": "feasible", "dispatch_s": d, "interlayer_s": 0.001,
+             "balance_s": 0.002, "wall_s": w, "step_time_s": step, "speedup": 0.010 / step}
+            for name, d, w, step in (("layout", 0.003, 0.0, 0.010), ("greedy", 0.002, 0.1,
+                                                                       0.008))]
+    fig = placement_summary(rows)
+    terms = [t for t in fig.data if t.name in ("dispatch", "inter-layer", "balance (straggler)")]
+    assert [list(t.y) for t in terms] == [pytest.approx([3.0, 2.0]), pytest.approx([1.0, 1.0]),
+                                         pytest.approx([2.0, 2.0])]
+    step = next(t for t in fig.data if t.name == "step")
+    assert list(step.y) == pytest.approx([10.0, 8.0]) and list(step.text) == ["1.00x", "1.25x"]
+    assert fig.layout.barmode == "stack"
+
+
+def test_cache_hit_rates_one_line_per_policy():
+    from sim.report.serving import cache_hit_rates
+
+    rows = [{"capacity": c, "policy": p, "hit_rate": h, "steps": 100}
+            for c in (3, 2) for p, h in (("lru", 0.2 * c), ("belady", 0.25 * c))]
+    fig = cache_hit_rates(rows)
+    assert [t.name for t in fig.data] == ["lru", "belady"]
+    assert list(fig.data[0].x) == [2, 3]  # sorted by capacity
+    assert list(fig.data[0].y) == pytest.approx([40.0, 60.0])
+    assert fig.data[1].line.dash == "dash" and fig.data[0].line.dash == "solid"
+    assert "100 decode steps" in fig.layout.title.text

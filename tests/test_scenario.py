@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from sim.errors import UserError
-from sim.scenario import COLLECTIVES, Scenario, load_scenario, topology_overrides
+from sim.scenario import (
+    COLLECTIVES,
+    Scenario,
+    find_scenario,
+    load_scenario,
+    topology_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "scenarios").glob("*.yaml"))
@@ -248,6 +254,34 @@ def test_not_a_mapping(tmp_path, text, expected):
 
 def test_missing_file(tmp_path):
     assert error_of(tmp_path / "nope.yaml").endswith("no such file")
+
+
+# -- finding shipped scenarios by name -------------------------------------------------------
+
+
+def test_find_scenario_from_root_subdirectory_and_elsewhere(tmp_path, monkeypatch):
+    want = (REPO / "scenarios" / "moe-switch-h100.yaml").resolve()
+    for cwd in (REPO, REPO / "tests", tmp_path):  # root, a subdirectory, outside the repo
+        monkeypatch.chdir(cwd)
+        assert find_scenario("moe-switch-h100").resolve() == want
+        assert find_scenario("moe-switch-h100.yaml").resolve() == want
+
+
+def test_find_scenario_prefers_the_nearest_scenarios_dir(tmp_path, monkeypatch):
+    (tmp_path / "scenarios").mkdir()
+    mine = write(tmp_path / "scenarios", GOOD, "moe-switch-h100.yaml")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    assert find_scenario("moe-switch-h100").resolve() == mine.resolve()
+    assert find_scenario(mine) == mine  # an existing path is returned as it is
+
+
+@pytest.mark.parametrize("name", ["no-such-scenario", "somewhere/no-such-scenario.yaml"])
+def test_find_scenario_not_found_is_one_line(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        find_scenario(name)
+    assert "no-such-scenario" in str(e.value) and "\n" not in str(e.value)
 
 
 # -- --set overrides -------------------------------------------------------------------------

@@ -113,3 +113,120 @@ def test_bad_admission_problem_is_one_line(tmp_path):
     proc = moesim("solve", "admission", bad, "--out", tmp_path / "x.json")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "flows" in proc.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_block_placement_is_the_simulators_default_layout(scenario):
+    from sim.solve.apply import placement_problem
+    from sim.solve.placement import block_placement, cost
+
+    sc = load_scenario(scenario)
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    p = placement_problem(sc, cl)
+    a = block_placement(p)
+    assert a.solver == "layout" and a.status == "feasible"
+    assert a.cost == cost(p, a.assign)
+    # the same step as a run without any placement
+    assert (run_training(sc, cl, placement=a.assign).summary["step_time_s"]
+            == run_training(sc, cl).summary["step_time_s"])
+
+
+def test_block_placement_needs_experts_divisible_by_gpus():
+    from sim.errors import UserError
+    from sim.solve.placement import block_placement
+    from tests.test_placement import problem
+
+    with pytest.raises(UserError, match="divisible"):
+        block_placement(problem(experts=4, gpus=3, per_gpu=2))
+
+
+def test_placement_rows_rerun_the_step_with_each_answer(scenario):
+    from sim.solve.apply import placement_problem, placement_rows
+    from sim.solve.placement import block_placement, greedy
+
+    sc = load_scenario(scenario)
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    p = placement_problem(sc, cl)
+    answers = {"layout": block_placement(p), "greedy": greedy(p)}
+    rows = placement_rows(sc, cl, answers)
+    assert [r["placement"] for r in rows] == ["layout", "greedy"]
+    layout, placed = rows
+    assert layout["speedup"] == 1.0 and layout["bound_s"] is None
+    assert layout["step_time_s"] == run_training(sc, cl).summary["step_time_s"]
+    greedy_step = run_training(sc, cl, placement=answers["greedy"].assign).summary
+    assert placed["step_time_s"] == greedy_step["step_time_s"]
+    assert placed["speedup"] == pytest.approx(layout["step_time_s"] / placed["step_time_s"])
+    for key in ("dispatch", "interlayer", "balance", "total"):
+        assert placed[f"{key}_s"] == answers["greedy"].cost[key]
+    assert placed["total_s"] <= layout["total_s"]  # the solver beats the blocks on its objective
+
+
+def test_admission_problem_is_the_dispatch_between_servers(scenario):
+    from sim.moe.run import step_inputs
+    from sim.solve import pfar
+    from sim.solve.apply import admission_problem
+
+    sc = load_scenario(scenario)
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    prob, window = admission_problem(sc, cl, layer=1)
+    # independent count: every routed slot of MoE layer 1 whose expert lives on another server
+    inp = step_inputs(sc, cl)
+    r = inp.routing[1]
+    gpus = np.arange(cl.num_gpus)
+    dest = inp.layout.expert_gpu(gpus, 1)
+    node = cl.node_of
+    cross = node[gpus][:, None] != node[dest]
+    expected = float((r.slots * cross).sum()) * inp.hidden * inp.dtype_bytes
+    assert sum(f.demand for f in prob.flows) * window == pytest.approx(expected, rel=1e-12)
+    names = {str(n) for n in cl.node_names}
+    assert all(f.src in names and f.dst in names for f in prob.flows)
+    # the default window: the busiest endpoint needs all of it at its own bottleneck rate
+    cap = {(u, v): c for u, v, c in prob.links}
+    need: dict = {}
+    for f, paths in zip(prob.flows, prob.candidate_paths(), strict=True):
+        rate = min(cap[a] for a in zip(paths[0], paths[0][1:], strict=False))
+        for end in (("s", f.src), ("d", f.dst)):
+            need[end] = need.get(end, 0.0) + f.demand / rate
+    assert max(need.values()) == pytest.approx(1.0, rel=1e-9)
+    # a window four times shorter must reject chunks; the answer stays feasible
+    short, _ = admission_problem(sc, cl, layer=1, window_s=window / 4)
+    ans = pfar.solve_ilp(short, time_limit_s=20)
+    pfar.check(short, ans)
+    assert 0 < ans.admitted < len(short.flows)
+
+
+def test_solve_generate_from_scenario_and_its_errors(scenario, tmp_path):
+    out = tmp_path / "a2a.json"
+    proc = moesim("solve", "generate", "--scenario", scenario, "--window-us", "50", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "window 50 us" in proc.stdout
+    from sim.solve.pfar import Problem
+
+    prob = Problem.from_json(out)
+    assert prob.flows and all(f.priority == 1 for f in prob.flows)
+    for args, msg in ((["--scenario", scenario, "--nodes", "5"], "--nodes describes a random"),
+                      (["--scenario", scenario, "--layer", "7"], "--layer: 7; the scenario has 2"),
+                      (["--window-us", "5"], "need --scenario")):
+        bad = tmp_path / "bad.json"
+        proc = moesim("solve", "generate", *args, "--out", bad)
+        assert proc.returncode == 2 and msg in proc.stderr and proc.stderr.count("\n") == 1
+        assert not bad.exists()
+
+
+def test_placement_problem_counts_the_slots_the_step_sends(scenario):
+    """With a binding capacity the problem sees the kept (and padded) slots, not the routed
+    pairs, so the solver's placement cannot look better than what the step runs."""
+    from sim.moe.layout import Layout
+    from sim.moe.plan import plan_step
+    from sim.solve.apply import placement_problem, placement_rows
+    from sim.solve.placement import block_placement, greedy
+
+    sc = load_scenario(scenario, ["moe.moe_expert_capacity_factor=1.0"])
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    p = placement_problem(sc, cl)
+    lay = Layout.build(16, 16, sc.moe.num_experts, 1, "", 1, cl.gpus_per_node)
+    routing = plan_step(sc, lay, cl.node_of)
+    assert any(r.kept.sum() < r.routed.sum() for r in routing)  # the capacity binds
+    np.testing.assert_array_equal(p.source_load, np.stack([r.slots for r in routing]))
+    rows = placement_rows(sc, cl, {"layout": block_placement(p), "greedy": greedy(p)})
+    assert rows[1]["total_s"] < rows[0]["total_s"]
+    assert rows[1]["step_time_s"] <= rows[0]["step_time_s"]

@@ -110,6 +110,15 @@ def group_matrix(groups: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
     return m
 
 
+def dispatch_matrix(slots: np.ndarray, dest: np.ndarray, bytes_per_slot: float) -> np.ndarray:
+    """(P, P) dispatch bytes from GPU s to GPU d: ``slots[s, e]`` token slots of ``bytes_per_slot``
+    bytes each go from s to expert e's GPU ``dest[s, e]`` (both (P, E))."""
+    p = slots.shape[0]
+    m = np.zeros(p * p)
+    np.add.at(m, (np.arange(p)[:, None] * p + dest).ravel(), slots.ravel() * float(bytes_per_slot))
+    return m.reshape(p, p)
+
+
 def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None) -> Generator:
     """SimPy process: simulate one step; returns StepTimes. ``progress(stage, done, total)`` is
     called after each layer of the forward and backward passes when given."""
@@ -139,10 +148,6 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         if a2a:
             out.a2a_inter_node_bytes += inter
 
-    def dispatch_matrix(r: LayerRouting, dest: np.ndarray) -> np.ndarray:
-        m = np.zeros(p * p)
-        np.add.at(m, (gpus[:, None] * p + dest).ravel(), r.slots.ravel() * float(act))
-        return m.reshape(p, p)
 
     def stages(matrix, a2a):
         if not a2a or inp.a2a_algorithm == "direct":
@@ -193,7 +198,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         if moe:
             r = inp.routing[moe_index[layer]]
             dest = dests[moe_index[layer]]
-            m = dispatch_matrix(r, dest)
+            m = dispatch_matrix(r.slots, dest, act)
             matrices[layer] = m
             recv_slots = np.zeros((p, inp.experts))
             np.add.at(recv_slots, (dest.ravel(), np.tile(np.arange(inp.experts), p)),

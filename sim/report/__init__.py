@@ -4,6 +4,7 @@ Depends only on run records (:mod:`sim.metrics`), never on the engine.
 """
 
 from sim.report.html import render_report, summary_rows
+from sim.report.links import link_heatmap
 from sim.report.plots import (
     CATEGORY_COLOURS,
     category_colour,
@@ -22,6 +23,7 @@ __all__ = [
     "chrome_trace",
     "expert_load",
     "expert_load_bars",
+    "link_heatmap",
     "link_utilisation",
     "render_report",
     "select_gpus",

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sim.report.plots import category_colour, ordered_categories
+from sim.report.plots import category_colour, line_colour, ordered_categories
 
 _PANELS = (("step_time_s", "step time (ms)", 1e3), ("a2a_fraction", "All-to-All share (%)", 100),
            ("drop_fraction", "dropped (%)", 100),
@@ -21,6 +21,7 @@ _SERVING_PANELS = (("moe_block_mean_s", "MoE block, decode (ms)", 1e3),
                    ("tokens_per_s", "throughput (tokens/s)", 1.0),
                    ("latency_p95_s", "p95 latency (s)", 1.0),
                    ("decode_peak_memory_bytes", "decode peak memory (GiB)", 2.0**-30))
+_LOG_SPAN = 20.0  # a serving panel whose values span more than this factor gets a log axis
 
 
 def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
@@ -31,17 +32,7 @@ def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figu
     if rows and "moe_block_mean_s" in rows[0]:
         return _serving(rows, variants, sweep_key)
     if sweep_key:
-        fig = make_subplots(rows=3, cols=2, subplot_titles=[p[1] for p in _SWEEP_PANELS])
-        for i, v in enumerate(variants):
-            mine = [r for r in rows if r["variant"] == v]
-            for j, (key, title, scale) in enumerate(_SWEEP_PANELS):
-                fig.add_trace(go.Scatter(
-                    x=[r["sweep"] for r in mine], y=[r[key] * scale for r in mine], name=v,
-                    legendgroup=v, showlegend=j == 0, mode="lines+markers",
-                    line_color=_colour(i), hovertemplate=f"{v}: %{{y:.4g}}<extra>{title}</extra>"),
-                    row=j // 2 + 1, col=j % 2 + 1)
-        for j in range(len(_SWEEP_PANELS)):
-            fig.update_xaxes(title_text=sweep_key, row=j // 2 + 1, col=j % 2 + 1)
+        fig = sweep_lines(rows, sweep_key, _SWEEP_PANELS, cols=2)
         fig.update_layout(title="Routing variants against " + sweep_key, height=900)
         return fig
     titles = ["step time (ms), slowest GPU"] + [p[1] for p in _PANELS[1:]]
@@ -62,21 +53,60 @@ def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figu
     return fig
 
 
-def _colour(i: int) -> str:
-    palette = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B",
-               "#9D755D", "#FF9DA6", "#BAB0AC")
-    return palette[i % len(palette)]
-
-
 def _serving(rows: Sequence[Mapping], variants: list, sweep_key: str | None) -> go.Figure:
-    """Serving rows: one panel per metric, bars per run (variant and swept value)."""
+    """Serving rows: one panel per metric, one bar per run (variant and swept value), its value
+    printed on it. With a single variant and a sweep the bars are named and coloured by the
+    swept value. A panel whose values span more than ``_LOG_SPAN`` x gets a log axis, so that
+    one very slow run (e.g. ``prefetch_all``) does not flatten the others."""
     fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in _SERVING_PANELS])
-    labels = [f"{r['variant']}" + (f" {r['sweep']}" if sweep_key else "") for r in rows]
+    by_value = bool(sweep_key) and len(variants) == 1
+    labels = [str(r["sweep"]) if by_value else
+              f"{r['variant']}" + (f" {r['sweep']}" if sweep_key else "") for r in rows]
+    colours = [line_colour(i if by_value else variants.index(r["variant"]))
+               for i, r in enumerate(rows)]
     for j, (key, title, scale) in enumerate(_SERVING_PANELS):
-        fig.add_trace(go.Bar(x=labels, y=[r[key] * scale for r in rows], showlegend=False,
-                             marker_color=[_colour(variants.index(r["variant"])) for r in rows],
+        y = [float(r[key]) * scale for r in rows]
+        fig.add_trace(go.Bar(x=labels, y=y, showlegend=False, marker_color=colours,
+                             text=[f"{v:.3g}" for v in y], textposition="outside",
                              hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{title}</extra>"),
                       row=j // 2 + 1, col=j % 2 + 1)
+        positive = [v for v in y if v > 0]
+        if positive and max(positive) > _LOG_SPAN * min(positive):
+            fig.update_yaxes(type="log", title_text="log scale", row=j // 2 + 1, col=j % 2 + 1)
+    if by_value:
+        fig.update_xaxes(title_text=sweep_key)
     fig.update_layout(title="Serving variants" + (f" against {sweep_key}" if sweep_key else ""),
                       height=640)
+    return fig
+
+
+#: What a routing policy costs: (row key, axis title with unit, scale from the row's SI value).
+ROUTING_METRICS = (("drop_fraction", "dropped tokens (%)", 100),
+                   ("expert_load_imbalance", "expert load imbalance (max/mean)", 1.0),
+                   ("step_time_s", "step time (ms)", 1e3))
+
+
+def sweep_lines(rows: Sequence[Mapping], sweep_key: str,
+                metrics: Sequence[tuple[str, str, float]] = ROUTING_METRICS,
+                cols: int | None = None) -> go.Figure:
+    """Each metric against the swept value (``row["sweep"]``), one line per variant, one panel
+    per metric; ``metrics`` are (row key, axis title with unit, scale). A variant keeps its
+    colour (its order of first appearance) and has one legend entry; ``cols`` panels per row
+    (default: all in one row)."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cols = cols or len(metrics)
+    nrows = -(-len(metrics) // cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[m[1] for m in metrics])
+    for i, v in enumerate(variants):
+        mine = [r for r in rows if r["variant"] == v]
+        for j, (key, title, scale) in enumerate(metrics):
+            fig.add_trace(go.Scatter(
+                x=[r["sweep"] for r in mine], y=[r[key] * scale for r in mine], name=v,
+                legendgroup=v, showlegend=j == 0, mode="lines+markers",
+                line_color=line_colour(i), hovertemplate=f"{v}: %{{y:.4g}}<extra>{title}</extra>"),
+                row=j // cols + 1, col=j % cols + 1)
+    for j in range(len(metrics)):
+        fig.update_xaxes(title_text=sweep_key, row=j // cols + 1, col=j % cols + 1)
+    fig.update_layout(title=f"{', '.join(m[1] for m in metrics)} against {sweep_key}",
+                      height=380 * nrows, legend_title_text="variant")
     return fig

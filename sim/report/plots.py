@@ -39,6 +39,13 @@ def category_colour(category: str) -> str:
     return CATEGORY_COLOURS.get(category, _OTHER_COLOUR)
 
 
+def line_colour(i: int) -> str:
+    """The ``i``-th colour of a fixed palette for lines and variants (cycles after 10)."""
+    palette = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#EECA3B",
+               "#9D755D", "#FF9DA6", "#BAB0AC")
+    return palette[i % len(palette)]
+
+
 def ordered_categories(names: Iterable[str]) -> list[str]:
     """CATEGORIES order first, then any unknown categories alphabetically."""
     names = set(names)

@@ -3,7 +3,13 @@
 Imports nothing of the engine, so that loading and checking a scenario stays cheap.
 """
 
-from sim.scenario.load import apply_sets, load_scenario, read_yaml, topology_overrides
+from sim.scenario.load import (
+    apply_sets,
+    find_scenario,
+    load_scenario,
+    read_yaml,
+    topology_overrides,
+)
 from sim.scenario.schema import COLLECTIVES, Benchmark, Fabric, Scenario, TopologyRef
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "Scenario",
     "TopologyRef",
     "apply_sets",
+    "find_scenario",
     "load_scenario",
     "read_yaml",
     "topology_overrides",

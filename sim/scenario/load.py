@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+import sim
 from sim.errors import UserError
 from sim.scenario.errors import format_validation_error, format_yaml_error, got
 from sim.scenario.schema import Scenario, section_model
@@ -145,6 +146,29 @@ def load_scenario(path: str | Path, sets: Iterable[str] = ()) -> Scenario:
         return Scenario.model_validate(data)
     except ValidationError as e:
         raise UserError(format_validation_error(e, source, Scenario, origins)) from None
+
+
+def find_scenario(name: str | Path) -> Path:
+    """The file of a shipped or local scenario: ``name`` is a path to a YAML file, or a bare name
+    (``moe-switch-h100``, with or without ``.yaml``) looked up as ``scenarios/<name>.yaml`` in
+    the current directory, then in each of its parents, then next to the ``sim`` package (the
+    repository). So a notebook finds ``scenarios/`` whether it runs from the repository root or
+    from ``notebooks/``. Not found is a one-line ``UserError`` listing where it looked.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    file = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    if len(path.parts) > 1:
+        raise UserError(f"{name}: scenario: file not found")
+    cwd = Path.cwd().resolve()
+    dirs = [d / "scenarios" for d in (cwd, *cwd.parents)]
+    dirs.append(Path(sim.__file__).resolve().parents[1] / "scenarios")
+    for d in dirs:
+        if (d / file).is_file():
+            return d / file
+    raise UserError(f"scenarios/{file}: scenario: not found in {cwd} or its parents, nor in "
+                    f"{dirs[-1].parent} (got {str(name)!r})")
 
 
 def topology_overrides(scenario: Scenario) -> tuple[str, dict[str, Any]]:

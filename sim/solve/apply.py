@@ -50,6 +50,55 @@ def solve_admission_problem(problem, solver: str, time_limit_s: float, seed: int
     raise UserError(f"solver: {solver!r} is not one of ilp, ga, greedy")
 
 
+def admission_problem(scenario, cluster, layer: int = 0, window_s: float | None = None,
+                      source: str = ""):
+    """One dispatch All-to-All of a training scenario as a flow admission problem; returns
+    ``(problem, window_s)``.
+
+    Flows: the inter-node chunks of the dispatch of MoE layer ``layer`` (0-based; bytes from
+    the scenario's own routing), one per (source GPU, destination GPU), priority 1, demand
+    ``bytes / window_s`` (bytes/s) on the cluster's arcs (see ``pfar.from_cluster``). The
+    question it answers: which chunks go within the window, and on which spine path.
+    ``window_s`` defaults to the shortest window in which every GPU could send and receive its
+    own inter-node bytes at the bottleneck rate of its paths, so only contention beyond the
+    GPU's own links rejects a chunk.
+    """
+    from sim.moe.run import step_inputs
+    from sim.moe.step import dispatch_matrix
+    from sim.solve import pfar
+
+    where = f"{source}: " if source else ""
+    inp = step_inputs(scenario, cluster, source)
+    if not 0 <= layer < len(inp.routing):
+        raise UserError(f"{where}--layer: {layer}; the scenario has {len(inp.routing)} MoE "
+                        f"layers (0 to {len(inp.routing) - 1})")
+    dest = inp.layout.expert_gpu(np.arange(inp.layout.gpus), layer)
+    matrix = dispatch_matrix(inp.routing[layer].slots, dest, inp.hidden * inp.dtype_bytes)
+    rates = pfar.from_cluster(cluster, matrix, 1.0)  # demands in bytes per window second
+    if not rates.flows:
+        raise UserError(f"{where}the dispatch of MoE layer {layer} sends nothing between "
+                        "servers; there is nothing to admit")
+    if window_s is None:
+        window_s = _busiest_endpoint_s(rates)
+    if not (window_s > 0 and np.isfinite(window_s)):
+        raise UserError(f"{where}--window-us: must be a number > 0 (got {window_s * 1e6})")
+    return pfar.from_cluster(cluster, matrix, window_s), float(window_s)
+
+
+def _busiest_endpoint_s(problem) -> float:
+    """Seconds the busiest endpoint needs for its flows at the bottleneck capacity of its
+    flows' first candidate paths (demands read as bytes, capacities as bytes/s)."""
+    cap = {(u, v): c for u, v, c in problem.links}
+    need: dict[str, float] = {}
+    for f, paths in zip(problem.flows, problem.candidate_paths(), strict=True):
+        if not paths:
+            continue
+        rate = min(cap[a] for a in zip(paths[0], paths[0][1:], strict=False))
+        for end in (f.src, "to " + f.dst):
+            need[end] = need.get(end, 0.0) + f.demand / rate
+    return max(need.values(), default=0.0)
+
+
 def read_assign(path: str | Path) -> np.ndarray:
     """The ``assign`` array (MoE layers x experts) of a placement answer file."""
     path = Path(path)
@@ -91,3 +140,24 @@ def run_with_placement(scenario, cluster, source: str = "", progress=None):
     result.summary.update(baseline_step_time_s=baseline,
                           placement_speedup=baseline / step if step else 0.0, placement=info)
     return result
+
+
+def placement_rows(scenario, cluster, answers) -> list[dict]:
+    """Run the training step of ``scenario`` once per placement answer (``{name: answer}``);
+    one flat row each, in order: ``placement`` (the name), ``solver``, ``status``, the
+    objective terms (``dispatch_s``, ``interlayer_s``, ``balance_s``, ``total_s``, seconds
+    when the problem came from ``placement_problem``), ``bound_s`` and ``gap`` (None when
+    unknown), ``wall_s`` (solve time), ``step_time_s`` (the simulated step with that placement
+    on every expert-parallel group) and ``speedup`` (the first row's step / this step)."""
+    from sim.moe.run import run_training
+
+    rows = []
+    for name, a in answers.items():
+        step = run_training(scenario, cluster, placement=np.asarray(a.assign)).summary
+        row = {"placement": name, "solver": a.solver, "status": a.status}
+        row.update({f"{k}_s": float(v) for k, v in a.cost.items()})
+        row.update(bound_s=a.bound, gap=a.gap, wall_s=a.wall_s,
+                   step_time_s=float(step["step_time_s"]))
+        row["speedup"] = rows[0]["step_time_s"] / row["step_time_s"] if rows else 1.0
+        rows.append(row)
+    return rows
