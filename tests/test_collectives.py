@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sim.collectives import run_collective
-from sim.collectives.algorithms import hierarchical_stages, ring_order
+from sim.collectives.algorithms import hierarchical_stages, ring_orders
 from sim.collectives.traffic import uniform, zipf
 from sim.network import ECMP_MODES, FabricOptions, Routes
 from sim.topology import list_topologies, load_topology
@@ -77,17 +77,27 @@ def test_hierarchical_inter_node_stage_uses_rails_only():
     assert res.stats.link_bytes[spine].sum() == 0
 
 
-def test_ring_all_reduce_across_nodes_is_nic_bound():
-    # snake ring: every inter-node hop stays on one rail, so the NIC sets the step time
+def test_ring_all_reduce_across_nodes_uses_every_rail():
+    # NCCL-style channels: one snake ring per local rank; every inter-node hop stays on one rail
+    # and each rail carries exactly one ring's hop per node boundary, so the step time is the
+    # NIC time of 1/R of the chunk
     cl = load_topology("h100-leaf-spine")
-    p = cl.num_gpus
-    order = ring_order(cl)
-    hops = np.roll(order, -1)
-    inter = cl.node_of[order] != cl.node_of[hops]
-    assert np.all(cl.local_rank[order][inter] == cl.local_rank[hops][inter])
+    p, g = cl.num_gpus, cl.gpus_per_node
+    orders = ring_orders(cl)
+    assert orders.shape == (g, p)
+    senders = []
+    for order in orders:
+        assert sorted(order) == list(range(p))
+        hops = np.roll(order, -1)
+        inter = cl.node_of[order] != cl.node_of[hops]
+        assert np.all(cl.local_rank[order][inter] == cl.local_rank[hops][inter])
+        senders += list(order[inter])
+    assert sorted(senders) == list(range(p))  # every GPU sends one ring's inter-node hop
     res = run_collective(cl, "all_reduce", "ring", M)
     steps = 2 * (p - 1)
-    assert res.time_s == pytest.approx(steps * (2e-6 + M / p / NIC_Bps), rel=1e-9)
+    assert res.time_s == pytest.approx(steps * (2e-6 + M / p / g / NIC_Bps), rel=1e-9)
+    one_server = load_topology("dgx-h100")
+    assert ring_orders(one_server).shape == (1, one_server.num_gpus)
 
 
 def test_same_seed_same_numbers():

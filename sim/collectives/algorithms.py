@@ -95,29 +95,43 @@ def _aggregate(p: int, src, dst, nbytes):
 
 
 def ring_all_reduce(fabric: Fabric, nbytes: float) -> Generator:
-    """Ring AllReduce of ``nbytes`` per rank: 2(P-1) steps of nbytes/P to the next rank; seconds."""
+    """Ring AllReduce of ``nbytes`` per rank over the rings of :func:`ring_orders`, each
+    carrying 1/R of the data: 2(P-1) steps of nbytes/(P R) to the next rank; seconds."""
     return (yield from _ring(fabric, nbytes / fabric.cluster.num_gpus,
                              2 * (fabric.cluster.num_gpus - 1)))
 
 
 def ring_all_gather(fabric: Fabric, nbytes: float) -> Generator:
-    """Ring AllGather producing ``nbytes`` per rank (each contributes nbytes/P); seconds."""
+    """Ring AllGather producing ``nbytes`` per rank (each contributes nbytes/P), over the rings
+    of :func:`ring_orders`; seconds."""
     return (yield from _ring(fabric, nbytes / fabric.cluster.num_gpus,
                              fabric.cluster.num_gpus - 1))
 
 
-def ring_order(cluster) -> np.ndarray:
-    """Ranks in ring order: node by node, local ranks ascending on even nodes and descending on
-    odd ones (a snake), so every hop between nodes joins GPUs of the same local rank, i.e. the
-    same NIC rail, as NCCL's rings do. With an odd number of nodes the closing hop is the
-    exception."""
-    key_local = np.where(cluster.node_of % 2 == 0, cluster.local_rank, -cluster.local_rank)
+def ring_order(cluster, rotation: int = 0) -> np.ndarray:
+    """Ranks in ring order: node by node, local ranks in ascending order on even nodes and
+    descending on odd ones (a snake), each node's sequence rotated to start at local rank
+    ``rotation`` (even nodes) or end there (odd nodes). Every hop between nodes then joins GPUs
+    of the same local rank, i.e. the same NIC rail, as NCCL's rings do. With an odd number of
+    nodes the closing hop is the exception."""
+    q = (cluster.local_rank - rotation) % max(int(cluster.gpus_per_node), 1)
+    key_local = np.where(cluster.node_of % 2 == 0, q, -q)
     return np.lexsort((key_local, cluster.node_of))
 
 
+def ring_orders(cluster) -> np.ndarray:
+    """(R, P): the rings a collective uses at once, as NCCL's channels. On one server R = 1;
+    across servers R = GPUs per server, ring r being :func:`ring_order` rotated by r, so ring r
+    leaves an even node from local rank r-1 and an odd node from local rank r: every GPU (and
+    so every NIC rail) carries the inter-node hop of exactly one ring in each direction, and
+    together the rings use every rail instead of one."""
+    rings = int(cluster.gpus_per_node) if cluster.num_nodes > 1 else 1
+    return np.stack([ring_order(cluster, r) for r in range(rings)])
+
+
 def _ring(fabric: Fabric, chunk: float, steps: int) -> Generator:
-    order = ring_order(fabric.cluster)
-    return (yield from ring_steps(fabric, order[None, :], chunk, steps))
+    orders = ring_orders(fabric.cluster)
+    return (yield from ring_steps(fabric, orders, chunk / len(orders), steps))
 
 
 def ring_steps(fabric: Fabric, groups: np.ndarray, chunk: float, steps: int) -> Generator:

@@ -38,7 +38,7 @@ import numpy as np
 from sim.collectives.algorithms import (
     hierarchical_stages,
     ring_all_reduce_groups,
-    ring_order,
+    ring_orders,
     staggered_transfer,
 )
 from sim.compute import backward_time_s, dense_layer_time_s, expert_ffn_time_s
@@ -245,7 +245,8 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
 
     # ---- backward (+ gradient reduction)
     reductions = []
-    dense_groups = lay.dense_dp_groups(ring_order(cluster))
+    rings = ring_orders(cluster)  # NCCL-style channels: one ring per rail across servers
+    dense_groups = np.vstack([lay.dense_dp_groups(order) for order in rings])
     expert_groups = lay.expert_dp_groups()
 
     def reduce(layers):
@@ -253,7 +254,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
         expert = sum(expert_params(inp) / etp * lay.experts_per_gpu for i in layers
                      if inp.moe_layers[i])
         procs = []
-        for groups, nbytes in ((dense_groups, dense), (expert_groups, expert)):
+        for groups, nbytes in ((dense_groups, dense / len(rings)), (expert_groups, expert)):
             nbytes *= inp.grad_dtype_bytes
             n = groups.shape[1]
             if n > 1 and nbytes > 0:
