@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from sim.metrics.records import Span
 from sim.report import plots
+from sim.report.links import link_heatmap
 
 #: Summary keys shown first, with their header (unit in brackets) and scale factor.
 SUMMARY_FIELDS: tuple[tuple[str, str, float], ...] = (
@@ -30,7 +31,8 @@ SUMMARY_FIELDS: tuple[tuple[str, str, float], ...] = (
 )
 
 #: ``div`` ids of the figures, in page order.
-FIGURE_IDS = ("fig-step-breakdown", "fig-expert-load", "fig-link-utilisation", "fig-timeline")
+FIGURE_IDS = ("fig-step-breakdown", "fig-expert-load", "fig-link-utilisation", "fig-link-heatmap",
+              "fig-timeline")
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
@@ -85,14 +87,16 @@ def render_report(title: str, summary: Mapping, layers: Sequence[Mapping],
                   max_gpus: int = 16, top_links: int = 40) -> str:
     """The whole report as one HTML string (the caller writes it).
 
-    Figures: step breakdown, expert load, link utilisation and timeline, in ``<div>``s with the
-    ids in FIGURE_IDS. plotly.js is inlined once, so the page works offline (~5 MB).
+    Figures: step breakdown, expert load, the busiest links, every link as a heat map by tier,
+    and the timeline, in ``<div>``s with the ids in FIGURE_IDS. plotly.js is inlined once, so
+    the page works offline (~5 MB).
     """
     figures: list[tuple[str, str, go.Figure]] = [
         (FIGURE_IDS[0], "Step time", plots.step_breakdown(summary)),
         (FIGURE_IDS[1], "Expert load", plots.expert_load(layers)),
-        (FIGURE_IDS[2], "Links", plots.link_utilisation(links, top=top_links)),
-        (FIGURE_IDS[3], "Timeline", plots.timeline(spans, max_gpus=max_gpus)),
+        (FIGURE_IDS[2], "Busiest links", plots.link_utilisation(links, top=top_links)),
+        (FIGURE_IDS[3], "Every link", link_heatmap(links)),
+        (FIGURE_IDS[4], "Timeline", plots.timeline(spans, max_gpus=max_gpus)),
     ]
     sections = []
     for i, (div_id, heading, fig) in enumerate(figures):
