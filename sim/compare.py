@@ -31,10 +31,10 @@ _SPEC = re.compile(r"^\s*([A-Za-z_][\w-]*)((?:\+[A-Za-z]+)*)\s*(?:\((.*)\))?\s*$
 
 #: Columns of a comparison row, in print order (summary fields keep their names).
 COLUMNS = ("variant", "sweep", "step_time_s", "speedup", "tokens_per_s", "a2a_time_s",
-           "a2a_fraction", "drop_fraction", "padding_fraction", "local_rectified_fraction",
-           "fill_in_fraction", "node_local_fraction", "expert_load_imbalance",
-           "a2a_inter_node_bytes", "inter_node_bytes", "intra_node_bytes", "smile_node_balance",
-           "smile_gpu_balance")
+           "a2a_fraction", "drop_fraction", "no_expert_fraction", "padding_fraction",
+           "local_rectified_fraction", "fill_in_fraction", "node_local_fraction",
+           "expert_load_imbalance", "a2a_inter_node_bytes", "inter_node_bytes",
+           "intra_node_bytes", "smile_node_balance", "smile_gpu_balance")
 
 
 #: Columns of a serving comparison row.
@@ -179,18 +179,19 @@ def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
     """A fixed-width table of the rows for the terminal."""
     if rows and "tokens_per_s" in rows[0] and "step_time_s" not in rows[0]:
         return _serving_table(rows, sweep_key)
-    head = ["variant"] + ([sweep_key] if sweep_key else []) + [
-        "step ms", "speedup", "A2A %", "drop %", "pad %", "IR %", "FR %", "local %", "imbal",
-        "A2A inter GB"]
-    width = max([len(head[0])] + [len(str(r["variant"])) for r in rows])
-    lines = ["  ".join([head[0].ljust(width)] + [h.rjust(9) for h in head[1:-1]]
-                       + [head[-1].rjust(12)])]
+    head = ["step ms", "speedup", "A2A %", "drop %", "no-exp %", "pad %", "IR %", "FR %",
+            "local %", "imbal", "A2A inter GB"]
+    width = max([len("variant")] + [len(str(r["variant"])) for r in rows])
+    sweep_w = max([len(sweep_key or "")] + [len(str(r["sweep"])) for r in rows])
+    lines = ["  ".join(["variant".ljust(width)] + ([sweep_key.rjust(sweep_w)] if sweep_key else [])
+                       + [h.rjust(9) for h in head[:-1]] + [head[-1].rjust(12)])]
     for r in rows:
         cells = [str(r["variant"]).ljust(width)]
         if sweep_key:
-            cells.append(str(r["sweep"]).rjust(9))
+            cells.append(str(r["sweep"]).rjust(sweep_w))
         cells += [f"{r['step_time_s'] * 1e3:9.3f}", f"{r['speedup']:8.3f}x",
                   f"{r['a2a_fraction'] * 100:9.1f}", f"{r['drop_fraction'] * 100:9.2f}",
+                  f"{r['no_expert_fraction'] * 100:9.2f}",
                   f"{r['padding_fraction'] * 100:9.2f}",
                   f"{r['local_rectified_fraction'] * 100:9.2f}",
                   f"{r['fill_in_fraction'] * 100:9.2f}", f"{r['node_local_fraction'] * 100:9.1f}",

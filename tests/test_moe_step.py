@@ -52,6 +52,43 @@ def test_every_choice_is_processed_or_dropped_once(tmp_path, router, cf):
             assert np.all(r.routed.sum(axis=1) == tokens * k)  # every token's k choices
 
 
+@pytest.mark.parametrize("router", ["switch", "topk", "expert_choice"])
+def test_tokens_left_without_an_expert(tmp_path, router):
+    """Every token either keeps at least one expert or is counted in ``no_expert``; with top-1
+    that is exactly the dropped tokens; expert choice drops nothing yet leaves tokens unpicked."""
+    from sim.moe.capacity import apply_capacity
+    from sim.moe.plan import _Counts
+    from sim.routing import RouterContext, route
+
+    sc = scenario(tmp_path, moe={"router": {"name": router}, "moe_expert_capacity_factor": 1.0},
+                  gating={"popularity_skew": 1.0})
+    tokens = sc.model.seq_length
+    layers = plan(sc)
+    for r in layers:
+        assert np.all((0 <= r.no_expert) & (r.no_expert <= tokens))
+        if router == "switch":
+            assert np.array_equal(r.no_expert, r.routed.sum(axis=1) - r.kept.sum(axis=1))
+        if router == "expert_choice":
+            assert r.drop_fraction == 0.0 and r.no_expert.sum() > 0
+        if router == "topk":  # a token is lost only when both its choices are
+            dropped = r.routed.sum(axis=1) - r.kept.sum(axis=1)
+            assert np.all(r.no_expert <= dropped) and r.no_expert.sum() > 0
+    # an independent count for one routing group: tokens with no surviving row
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(tokens, 16)) * 2.0 + np.where(np.arange(16) < 4, 3.0, 0.0)
+    ctx = RouterContext(topk=2, rng=np.random.default_rng(1), capacity=tokens // 16)
+    a = route(router, logits, ctx)
+    kept = apply_capacity(a, ctx.capacity, sc.moe.moe_token_drop_policy,
+                          sc.moe.capacity_convention)
+    survivors = {int(t) for t, k in zip(a.token, kept.kept, strict=True) if k}
+    counts = _Counts(1, 1, 16)
+    counts.add(0, 0, a, logits, ctx.capacity, sc.moe, np.zeros(16, bool))
+    assert counts.no_expert[0, 0] == tokens - len(survivors) > 0
+    res = run_training(sc, load_topology("dgx-h100")).summary
+    expect = sum(r.no_expert.sum() for r in layers) / (tokens * 8 * len(layers))
+    assert res["no_expert_fraction"] == pytest.approx(expect, rel=1e-12)
+
+
 def test_drop_fraction_rises_with_skew_and_falls_with_capacity(tmp_path):
     def drop(skew, cf):
         sc = scenario(tmp_path, moe={"moe_expert_capacity_factor": cf},

@@ -32,6 +32,9 @@ class LayerRouting:
     * ``filled`` (P, E): fill-in tokens in slots the top-k left empty (Rectify FR), else zeros
     * ``local`` (P, E): tokens GPU p processes itself on its expert e after losing their slots
       (Rectify IR; e is on p), else zeros
+    * ``no_expert`` (P,): tokens of GPU p's routing group left with no expert after capacity
+      (every choice dropped, or, with expert choice, picked by none); they pass through the
+      residual. Counted before Rectify's corrections.
     """
 
     routed: np.ndarray
@@ -42,11 +45,14 @@ class LayerRouting:
     local: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
     """Router-specific statistics, mean over routing groups (e.g. SMILE's balance terms)."""
+    no_expert: np.ndarray | None = None
 
     def __post_init__(self):
         for name in ("filled", "local"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros_like(self.routed))
+        if self.no_expert is None:
+            object.__setattr__(self, "no_expert", np.zeros(self.routed.shape[0], np.int64))
 
     @property
     def drop_fraction(self) -> float:
@@ -142,6 +148,7 @@ class _Counts:
     def __init__(self, n_moe: int, groups: int, e: int):
         self.routed, self.kept, self.filled, self.local = (
             np.zeros((n_moe, groups, e), dtype=np.int64) for _ in range(4))
+        self.no_expert = np.zeros((n_moe, groups), dtype=np.int64)
         self.stats: list[dict[str, list[float]]] = [{} for _ in range(n_moe)]
 
     def stat(self, li: int, values: dict) -> None:
@@ -153,6 +160,7 @@ class _Counts:
         kept = apply_capacity(a, cap, moe.moe_token_drop_policy, moe.capacity_convention)
         self.routed[li, g] = a.expert_load()
         self.kept[li, g] = kept.load
+        self.no_expert[li, g] = a.num_tokens - np.unique(np.asarray(a.token)[kept.kept]).size
         rect = moe.rectify
         if rect.fill_in or rect.intra_gpu:
             probs = softmax(np.asarray(logits, dtype=float))
@@ -165,10 +173,12 @@ class _Counts:
     def layers(self, cap, pad, p: int) -> list[LayerRouting]:
         """LayerRoutings for ``p`` GPUs; GPU g takes routing group g mod (groups counted)."""
         routed, kept, filled, local = self.routed, self.kept, self.filled, self.local
+        no_expert = self.no_expert
         groups = routed.shape[1]
         if groups < p:
             reuse = np.arange(p) % groups
             routed, kept, filled, local = (x[:, reuse] for x in (routed, kept, filled, local))
+            no_expert = no_expert[:, reuse]
         layers = []
         for li in range(routed.shape[0]):
             sent = kept[li] + filled[li]
@@ -181,7 +191,7 @@ class _Counts:
                 slots = sent.copy()
             stats = {k: float(np.mean(v)) for k, v in self.stats[li].items()}
             layers.append(LayerRouting(routed[li], kept[li], slots, cap, filled[li], local[li],
-                                       stats))
+                                       stats, no_expert[li]))
         return layers
 
 

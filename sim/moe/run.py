@@ -131,6 +131,8 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "fill_in_fraction": filled / sent if sent else 0.0,
         "capacity_slots": routing[0].capacity if routing else None,
         "local_rectified_fraction": local / (tokens * len(routing)) if routing else 0.0,
+        "no_expert_fraction": (sum(float(r.no_expert.sum()) for r in routing)
+                               / (tokens * len(routing))) if routing else 0.0,
         "expert_load_imbalance": float(np.mean([r.imbalance for r in routing])) if routing
         else 1.0,
         "inter_node_bytes": times.inter_node_bytes,
