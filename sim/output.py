@@ -225,7 +225,9 @@ def format_training_summary(scenario: Any, cluster: Any, summary: Mapping) -> st
         f"a2a              {s['a2a_time_s'] * 1e3:10.3f} ms   "
         f"({s['a2a_fraction']:.1%} of the step)",
         f"exposed allreduce{s['allreduce_time_s'] * 1e3:10.3f} ms",
-        f"dropped          {s['drop_fraction']:10.2%}      padding {s['padding_fraction']:.2%}, "
+        f"dropped          {s['drop_fraction']:10.2%}      of (token, expert) pairs; "
+        f"{s.get('no_expert_fraction', 0.0):.2%} of tokens got no expert",
+        f"padding          {s['padding_fraction']:10.2%}      "
         f"expert load max/mean {s['expert_load_imbalance']:.2f}",
         f"bytes            inter-node {s['inter_node_bytes'] / 1e9:.3f} GB, "
         f"intra-node {s['intra_node_bytes'] / 1e9:.3f} GB",
