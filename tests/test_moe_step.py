@@ -109,6 +109,28 @@ def test_padded_dispatch_sends_capacity_whatever_the_skew(tmp_path):
             assert r.padding_fraction == pytest.approx(1 - r.kept.sum() / r.slots.sum())
 
 
+def test_bytes_counted_across_servers_with_rings_sharing_hops(tmp_path):
+    # 2 servers: 8 AllReduce rings share the hops inside a server; every byte is counted once
+    sc = scenario(tmp_path, topology={"name": "h100-leaf-spine", "nodes": 2},
+                  parallel={"expert_model_parallel_size": 16},
+                  gating={"popularity_skew": 1.0}, training={"overlap_grad_reduce": False})
+    cl = load_topology("h100-leaf-spine", {"nodes": 2})
+    res = run_training(sc, cl).summary
+    from sim.moe.run import step_inputs
+
+    inp = step_inputs(sc, cl)
+    act = sc.model.hidden_size * sc.training.dtype_bytes
+    gpus = np.arange(16)
+    a2a = 0.0
+    for li, r in enumerate(inp.routing):
+        off = inp.layout.expert_gpu(gpus, li) != gpus[:, None]
+        a2a += (r.slots * off).sum() * act
+    n = 16  # one dense data-parallel group of all GPUs; experts are not replicated
+    ar = sum(dense_params(inp, m) for m in inp.moe_layers) * 4 * 2 * (n - 1) / n * n
+    total = res["inter_node_bytes"] + res["intra_node_bytes"]
+    assert total == pytest.approx(4 * a2a + ar, rel=1e-12)
+
+
 def test_bytes_dispatched_equal_bytes_combined(tmp_path):
     sc = scenario(tmp_path, gating={"popularity_skew": 1.0},
                   training={"overlap_grad_reduce": False})

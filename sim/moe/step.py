@@ -258,8 +258,9 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None)
             nbytes *= inp.grad_dtype_bytes
             n = groups.shape[1]
             if n > 1 and nbytes > 0:
-                ring = np.zeros((p, p))
-                ring[groups.ravel(), np.roll(groups, -1, axis=1).ravel()] = 2 * (n - 1) / n * nbytes
+                ring = np.zeros((p, p))  # rings share hops inside a server: accumulate
+                np.add.at(ring, (groups.ravel(), np.roll(groups, -1, axis=1).ravel()),
+                          2 * (n - 1) / n * nbytes)
                 count(ring)
                 procs.append(env.process(
                     ring_all_reduce_groups(fabric, groups, nbytes, pipelined=True)))
