@@ -270,17 +270,32 @@ def solve_generate(ctx: click.Context, nodes: int, flows: int, seed: int,
     _write_answer(out, prob.to_json())
 
 
+def progress_line(stage: str, done: int, total: int, elapsed_s: float, width: int = 24) -> str:
+    """One progress bar line, e.g. ``    runs [#########...............] 3/8  12 s, ~20 s left``
+    (the estimate once something is done)."""
+    filled = round(width * done / total) if total else width
+    eta = f", ~{elapsed_s * (total - done) / done:.0f} s left" if 0 < done < total else ""
+    return (f"{stage:>8} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}  "
+            f"{elapsed_s:.0f} s{eta}")
+
+
 def _progress():
-    """A progress line on stderr when it is a terminal (``routing 12/64``), else nothing."""
+    """A progress bar on stderr when it is a terminal (:func:`progress_line`), else nothing."""
     import sys
+    import time
 
     if not sys.stderr.isatty():
         return None
+    starts: dict[str, float] = {}
+    last = [time.monotonic()]  # a stage starts when the previous report (or the command) did
 
     def show(stage: str, done: int, total: int) -> None:
-        end = "\n" if stage in ("backward", "runs") and done == total else ""
-        click.echo(f"\r{stage:>8} {done}/{total}   ", err=True, nl=False)
-        if end:
+        now = time.monotonic()
+        start = starts.setdefault(stage, last[0])
+        last[0] = now
+        line = progress_line(stage, done, total, now - start)
+        click.echo(f"\r{line}   ", err=True, nl=False)
+        if stage in ("backward", "runs") and done == total:
             click.echo("", err=True)
 
     return show

@@ -233,3 +233,12 @@ def test_table_shows_gigabytes(tmp_path):
     table = format_benchmark_table(sc, FakeCluster(), results)
     assert "algbw(GB/s)" in table and "busbw(GB/s)" in table
     assert table.splitlines()[-1].split() == ["1048576", "20.00", "50.00", "43.75"]
+
+
+def test_progress_line_draws_a_bar_with_an_estimate():
+    from sim.cli import progress_line
+
+    half = progress_line("runs", 3, 6, 12.0, width=10)
+    assert half == "    runs [#####.....] 3/6  12 s, ~12 s left"
+    assert progress_line("runs", 6, 6, 30.4, width=10).endswith("[##########] 6/6  30 s")
+    assert "left" not in progress_line("routing", 0, 64, 0.0)  # no estimate before the first
