@@ -105,6 +105,12 @@ def test_generate_then_admit_from_the_cli(tmp_path):
         assert check(problem, answer) == pytest.approx(objectives[solver])  # feasible, consistent
     assert "optimal" in moesim("solve", "admission", prob, "--out", tmp_path / "x.json").stdout
     assert objectives["ga"] <= objectives["ilp"] and objectives["greedy"] <= objectives["ilp"]
+    highs = moesim("solve", "admission", prob, "--backend", "highs", "--out", tmp_path / "h.json")
+    assert highs.returncode == 0, highs.stderr
+    # one line on stdout: HiGHS's own banner is kept out of it
+    assert highs.stdout.splitlines() == [highs.stdout.strip()]
+    assert highs.stdout.startswith("solver ilp-highs: optimal, objective ")
+    assert json.loads((tmp_path / "h.json").read_text())["objective"] == objectives["ilp"]
 
 
 def test_bad_admission_problem_is_one_line(tmp_path):

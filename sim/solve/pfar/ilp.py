@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -177,7 +179,8 @@ class _IlpModel:
         import highspy
 
         solver = pulp.HiGHS(msg=msg, timeLimit=time_limit_s, gapRel=0.0)
-        self.prob.solve(solver)
+        with contextlib.nullcontext() if msg else _stdout_silenced():
+            self.prob.solve(solver)  # highspy prints a banner even when told to be quiet
         model = self.prob.solverModel
         info = model.getInfo()
         said_optimal = model.getModelStatus() == highspy.HighsModelStatus.kOptimal
@@ -193,3 +196,17 @@ class _IlpModel:
         cs = np.flatnonzero(chosen)
         choice[self.flow_of[cs]] = cs - self.arr.idx.first[self.flow_of[cs]]
         return choice
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Send file descriptor 1 to /dev/null meanwhile (C libraries write there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
