@@ -122,9 +122,16 @@ def test_load_run_wrong_path(tmp_path):
 
 
 def test_frames_need_pandas(sweep_dir, monkeypatch):
-    if "pandas" in sys.modules or _has_pandas():
+    if "pandas" in sys.modules or _has_pandas():  # the dev extra installs it
         frame = load_sweep_frame(sweep_dir)
         assert list(frame["run_id"]) == [r["run_id"] for r in load_sweep(sweep_dir)]
+        ok = frame["status"] == "ok"  # a failed run's missing numbers are NaN in the frame
+        assert frame.loc[ok, "step_time_s"].tolist() == [
+            r["step_time_s"] for r in load_sweep(sweep_dir) if r["status"] == "ok"]
+        assert frame.loc[~ok, "step_time_s"].isna().all()
+        first = load_run(sorted((sweep_dir / "runs").iterdir())[0])
+        layers = first.frame("layers")
+        assert layers.to_dict("records") == first.table("layers")
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now fails
     with pytest.raises(UserError, match="pandas is not installed"):
         load_sweep_frame(sweep_dir)
