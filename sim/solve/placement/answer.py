@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.solve.jsonio import json_object
+from sim.solve.jsonio import check_fields, json_object
 from sim.solve.placement.cost import TERMS, _check_assign, _violation, cost
 from sim.solve.placement.problem import _PREFIX, PlacementProblem, _read
 
@@ -42,13 +42,7 @@ class PlacementAnswer:
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> PlacementAnswer:
         data = json_object(text, source)
-        names = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in names:
-                raise UserError(f"{source}: {key}: unknown field; allowed: {', '.join(names)}")
-        for key in names[:-1]:
-            if key not in data:
-                raise UserError(f"{source}: {key}: missing (required)")
+        check_fields(data, [f.name for f in fields(cls)], ("info",), source)
         try:
             assign = np.asarray(data["assign"], dtype=np.int64)
         except (TypeError, ValueError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.solve.jsonio import json_object
+from sim.solve.jsonio import check_fields, json_object
 
 _PREFIX = "PlacementProblem"
 _INT_FIELDS = ("layers", "experts", "gpus", "max_experts_per_gpu")
@@ -79,13 +79,7 @@ class PlacementProblem:
     def from_json(cls, text: str, source: str = "<json>") -> PlacementProblem:
         """Parse and validate; every problem raises a one-line UserError naming ``source``."""
         data = json_object(text, source)
-        names = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in names:
-                raise UserError(f"{source}: {key}: unknown field; allowed: {', '.join(names)}")
-        for key in names:
-            if key not in data and key not in ("coactivation", "source_load"):
-                raise UserError(f"{source}: {key}: missing (required)")
+        check_fields(data, [f.name for f in fields(cls)], ("coactivation", "source_load"), source)
         data.setdefault("coactivation", None)
         data.setdefault("source_load", None)
         try:
