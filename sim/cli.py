@@ -307,7 +307,8 @@ def _progress():
 @click.argument("file", type=click.Path(path_type=Path))
 def validate(file: Path) -> None:
     """Check a scenario file (and its topology) or a topology file."""
-    from sim.scenario import load_scenario, read_yaml
+    from sim.inputs import read_yaml
+    from sim.scenario import load_scenario
 
     data = read_yaml(file)
     if isinstance(data, dict) and "kind" in data:

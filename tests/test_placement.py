@@ -199,7 +199,7 @@ def good_json():
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(load=[[1, 2]]), r"load: must have shape \(layers, experts\)"),
     (lambda d: d.update(lod=1), "lod: unknown field"),
-    (lambda d: d.pop("gpus"), "gpus: missing"),
+    (lambda d: d.pop("gpus"), "gpus: required field is missing"),
     (lambda d: d.update(coactivation=[[[1, -1], [0, 0]]]), "coactivation: must hold finite"),
     (lambda d: d.update(gpu_node=[0, 0]), r"gpu_node: must have shape \(gpus,\)"),
     (lambda d: d.update(layers="two"), "layers: must be an integer >= 1"),
@@ -217,7 +217,7 @@ def test_bad_problem_file_names_the_file_and_field(tmp_path, edit, message):
 def test_not_json_is_a_user_error(tmp_path):
     path = tmp_path / "p.json"
     path.write_text("{layers: 2")
-    with pytest.raises(UserError, match=f"^{path}: not valid JSON"):
+    with pytest.raises(UserError, match=f"^{path}: line 1, column 2: invalid JSON"):
         PlacementProblem.load_file(path)
     with pytest.raises(UserError, match="no such file"):
         PlacementProblem.load_file(tmp_path / "missing.json")

@@ -241,7 +241,7 @@ def test_malformed_yaml_names_line(tmp_path):
 
 def test_duplicate_key_names_line(tmp_path):
     msg = error_of(write(tmp_path, GOOD + "seed: 4\n"))
-    assert "line 11" in msg and "duplicate key 'seed'" in msg
+    assert "line 11" in msg and "key 'seed' appears twice in one mapping" in msg
 
 
 @pytest.mark.parametrize(("text", "expected"), [

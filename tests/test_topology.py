@@ -8,10 +8,11 @@ import networkx as nx
 import pytest
 
 from sim.errors import UserError
+from sim.inputs import repo_dir
 from sim.topology import builders, get_gpu, list_gpus, list_topologies, load_topology
 from sim.topology.cluster import GPU, NIC, Cluster
 from sim.topology.connectivity import unreachable_pair
-from sim.topology.loader import deep_merge, repo_topologies_dir
+from sim.topology.loader import deep_merge
 from sim.units import gbps_to_bytes_per_s
 
 # name -> (GPUs, servers, NIC port Gb/s or None, GPUs per NIC)
@@ -279,7 +280,7 @@ SINGLE = "kind: single_node\ngpu: h100_sxm\n"
 BAD = {
     "unknown_key": (
         SINGLE + "intra_node: {fabric: nvswitch, bandwith_gbps: 1}\n",
-        "intra_node.bandwith_gbps: unknown key; allowed keys here: fabric",
+        "intra_node.bandwith_gbps: unknown field; allowed: fabric, bandwidth_gbps",
     ),
     "negative_bw": (
         "kind: leaf_spine\ngpu: h100_sxm\nnodes: 2\nhosts_per_leaf: 8\n"
@@ -289,7 +290,9 @@ BAD = {
     "malformed": (SINGLE + "intra_node: {fabric: nvswitch\n  latency_us: 1\n", "line 4, column"),
     "duplicate_key": (SINGLE + "gpu: a100_sxm\n", "line 3"),
     "unknown_gpu": ("kind: single_node\ngpu: b9000\n", "gpu: unknown GPU; valid names: a100_sxm"),
-    "unknown_kind": ("kind: torus\ngpu: h100_sxm\n", "kind: unknown kind; allowed: single_node"),
+    "unknown_kind": ("kind: torus\ngpu: h100_sxm\n",
+                     "kind: must be one of single_node, fat_tree, leaf_spine, explicit "
+                     "(got 'torus')"),
     "disconnected": (
         "kind: explicit\ngpu: v100_sxm\n"
         "gpus: [{name: a, node: 0, local_rank: 0}, {name: b, node: 0, local_rank: 1},\n"
@@ -342,7 +345,7 @@ def test_unknown_name_lists_available() -> None:
 
 def test_current_directory_shadows_repository(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "topologies").mkdir()
-    mine = (repo_topologies_dir() / "dgx-h100.yaml").read_text()
+    mine = (repo_dir("topologies") / "dgx-h100.yaml").read_text()
     mine = mine.replace("gpus_per_node: 8", "gpus_per_node: 4")
     mine = mine.replace('description: "', 'description: "local ')
     (tmp_path / "topologies" / "dgx-h100.yaml").write_text(mine)

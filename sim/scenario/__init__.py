@@ -7,7 +7,6 @@ from sim.scenario.load import (
     apply_sets,
     find_scenario,
     load_scenario,
-    read_yaml,
     topology_overrides,
 )
 from sim.scenario.schema import COLLECTIVES, Benchmark, Fabric, Scenario, TopologyRef
@@ -21,6 +20,5 @@ __all__ = [
     "apply_sets",
     "find_scenario",
     "load_scenario",
-    "read_yaml",
     "topology_overrides",
 ]

@@ -11,46 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-import sim
 from sim.errors import UserError
-from sim.scenario.errors import format_validation_error, format_yaml_error, got
-from sim.scenario.schema import Scenario, section_model
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable key: the base class reports it
-                break
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Parse one YAML file. Missing files and malformed YAML raise a one-line ``UserError``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        raise UserError(format_yaml_error(e, str(path))) from None
+from sim.inputs import find_file, got, read_yaml, validation_message
+from sim.inputs.messages import submodel
+from sim.scenario.schema import Scenario
 
 
 def apply_sets(
@@ -64,7 +28,8 @@ def apply_sets(
     ``KEY`` is a dotted path that must name a field of ``model`` (keys below a free-form mapping
     such as ``topology`` are accepted as they are); missing intermediate mappings are created.
     ``VALUE`` is parsed as YAML, so ``4``, ``hash``, ``16MiB`` and ``[1MiB, 2MiB]`` all work.
-    Returns the new data and, for messages, the ``--set`` argument behind each path.
+    Returns the new data and, for messages, where each path's value came from
+    (``--set KEY=VALUE``).
     """
     data = copy.deepcopy(data)
     origins: dict[tuple[str, ...], str] = {}
@@ -81,7 +46,7 @@ def apply_sets(
         except yaml.YAMLError:
             raise UserError(f"{source}: --set {arg}: value is not valid YAML") from None
         _put(data, path, value, model, source, arg)
-        origins[path] = arg
+        origins[path] = f"--set {arg}"
     return data, origins
 
 
@@ -100,7 +65,7 @@ def _put(data: dict, path: tuple[str, ...], value: Any, model: Any, source: str,
         if i == len(path) - 1:
             cur[key] = value
             return
-        sub = section_model(info.annotation) if info is not None else None
+        sub = submodel(info.annotation) if info is not None else None
         if model is not None and sub is None:
             raise UserError(
                 f"{source}: {where}: is a value, not a section; cannot set {'.'.join(path)} "
@@ -145,30 +110,18 @@ def load_scenario(path: str | Path, sets: Iterable[str] = ()) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, source, Scenario, origins)) from None
+        raise UserError(validation_message(e, source, Scenario, origins)) from None
 
 
 def find_scenario(name: str | Path) -> Path:
     """The file of a shipped or local scenario: ``name`` is a path to a YAML file, or a bare name
-    (``moe-switch-h100``, with or without ``.yaml``) looked up as ``scenarios/<name>.yaml`` in
-    the current directory, then in each of its parents, then next to the ``sim`` package (the
-    repository). So a notebook finds ``scenarios/`` whether it runs from the repository root or
-    from ``notebooks/``. Not found is a one-line ``UserError`` listing where it looked.
-    """
+    (``moe-switch-h100``) looked up as ``scenarios/<name>.yaml`` in the current directory, its
+    parents, then the repository (:func:`sim.inputs.find_file`), so a notebook finds
+    ``scenarios/`` whether it runs from the repository root or from ``notebooks/``."""
     path = Path(name)
-    if path.is_file():
-        return path
-    file = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    if len(path.parts) > 1:
-        raise UserError(f"{name}: scenario: file not found")
-    cwd = Path.cwd().resolve()
-    dirs = [d / "scenarios" for d in (cwd, *cwd.parents)]
-    dirs.append(Path(sim.__file__).resolve().parents[1] / "scenarios")
-    for d in dirs:
-        if (d / file).is_file():
-            return d / file
-    raise UserError(f"scenarios/{file}: scenario: not found in {cwd} or its parents, nor in "
-                    f"{dirs[-1].parent} (got {str(name)!r})")
+    if path.suffix in (".yaml", ".yml") and len(path.parts) == 1 and not path.is_file():
+        name = path.stem  # a bare file name is looked up like a bare name
+    return find_file(str(name), "scenarios", "scenario")
 
 
 def topology_overrides(scenario: Scenario) -> tuple[str, dict[str, Any]]:

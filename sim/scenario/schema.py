@@ -12,7 +12,7 @@ strings such as ``"16MiB"`` (see :func:`sim.units.parse_bytes`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,12 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from sim.inputs.messages import NAME_PATTERN, submodel
 from sim.scenario.schema_base import StrictModel
 from sim.scenario.serving import Serving
 from sim.scenario.training import Gating, Model, Moe, Parallel, Placement, Training
 from sim.units import parse_bytes
 
-__all__ = ["StrictModel", "Scenario", "COLLECTIVES"]
+__all__ = ["COLLECTIVES", "NAME_PATTERN", "Scenario", "StrictModel", "field_at"]
 
 #: Collective name -> the algorithms implemented for it; the first one is the default.
 COLLECTIVES: dict[str, tuple[str, ...]] = {
@@ -40,9 +41,6 @@ COLLECTIVES: dict[str, tuple[str, ...]] = {
 
 #: Collectives whose traffic may be skewed (per-destination sizes differ).
 SKEWABLE = ("all_to_all",)
-
-NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
-
 
 def _byte_count(value: Any) -> int:
     try:
@@ -182,17 +180,6 @@ class Scenario(StrictModel):
         return "serving" if self.serving is not None else "training"
 
 
-def section_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class a field holds (also through ``X | None``), or None for a plain value."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = section_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def field_at(model: type[BaseModel], path: Sequence[str | int]) -> tuple[type[BaseModel], Any]:
     """Walk ``path`` (list indices skipped) from ``model``: the model holding the last key, and
     that key's ``FieldInfo`` (None when the key is not a field there).
@@ -207,15 +194,8 @@ def field_at(model: type[BaseModel], path: Sequence[str | int]) -> tuple[type[Ba
         info = model.model_fields.get(key)
         if i == len(keys) - 1 or (info is None and model.model_config.get("extra") == "allow"):
             return model, info
-        sub = section_model(info.annotation) if info is not None else None
+        sub = submodel(info.annotation) if info is not None else None
         if sub is None:
             raise KeyError(".".join(keys[: i + 1]))
         model = sub
     raise KeyError("")
-
-
-def literal_values(annotation: Any) -> tuple[Any, ...]:
-    """The allowed values of a ``Literal[...]`` annotation (also through ``X | None``)."""
-    if get_origin(annotation) is Literal:
-        return get_args(annotation)
-    return tuple(v for arg in get_args(annotation) for v in literal_values(arg))

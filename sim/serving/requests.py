@@ -17,7 +17,6 @@ n-1`` in that order. A file with no requests is an error. Every problem raises
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
+from sim.inputs import json_lines, read_text
 
 #: The fields of a request file, in canonical order.
 FIELDS = ("arrival_s", "prompt_tokens", "output_tokens")
@@ -107,12 +107,7 @@ def load_requests(path: str | Path) -> list[Request]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise _fail(path, "extension", f"{suffix or '(none)'!r} is not one of .csv, .jsonl")
-    if not path.is_file():
-        raise _fail(path, "file", "no such file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(path, "file", f"not readable UTF-8 text ({exc})") from None
+    text = read_text(path, encoding="utf-8-sig")
     rows = _rows_csv(path, text) if suffix == ".csv" else _rows_jsonl(path, text)
     if not rows:
         raise _fail(path, "requests", "the file holds no requests (at least one is required)")
@@ -148,13 +143,7 @@ def _rows_csv(path: Path, text: str) -> list[tuple[float, int, int]]:
 
 def _rows_jsonl(path: Path, text: str) -> list[tuple[float, int, int]]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _fail(path, f"line {lineno}", f"invalid JSON ({exc.msg})") from None
+    for lineno, obj in json_lines(text, str(path)):
         if not isinstance(obj, dict):
             raise _fail(path, f"line {lineno}", "expected a JSON object")
         _check_columns(path, f"line {lineno}", list(obj), "key")

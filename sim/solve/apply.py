@@ -8,7 +8,6 @@ answer came from, its objective and status).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +100,10 @@ def _busiest_endpoint_s(problem) -> float:
 
 def read_assign(path: str | Path) -> np.ndarray:
     """The ``assign`` array (MoE layers x experts) of a placement answer file."""
+    from sim.inputs import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: placement file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a JSON placement answer ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or "assign" not in data:
         raise UserError(f"{path}: assign: required (MoE layers x experts of GPU indices)")
     try:

@@ -32,8 +32,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from sim.errors import UserError
-from sim.scenario import Scenario, load_scenario, read_yaml, topology_overrides
-from sim.scenario.errors import format_validation_error
+from sim.inputs import read_yaml, validation_message
+from sim.scenario import Scenario, load_scenario, topology_overrides
 from sim.scenario.load import default_name
 from sim.scenario.schema import NAME_PATTERN, field_at
 from sim.scenario.schema_base import StrictModel
@@ -142,7 +142,7 @@ def read_sweep_file(path: str | Path) -> SweepFile:
     try:
         return SweepFile.model_validate(data)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, source, SweepFile)) from None
+        raise UserError(validation_message(e, source, SweepFile)) from None
 
 
 def _points(sf: SweepFile, source: str) -> tuple[list[str], list[dict]]:

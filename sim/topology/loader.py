@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import yaml
 from pydantic import ValidationError
 
-import sim
 from sim.errors import UserError
+from sim.inputs import available, find_file, got, read_yaml, validation_message
 from sim.topology import builders
 from sim.topology.catalog import GpuSpec, get_gpu
 from sim.topology.cluster import Cluster
 from sim.topology.connectivity import unreachable_pair
-from sim.topology.messages import got, validation_message, yaml_message
 from sim.topology.schema import (
+    MODEL_OF_KIND,
     TOPOLOGY_ADAPTER,
     ExplicitTopology,
     FatTreeTopology,
@@ -30,77 +29,11 @@ from sim.topology.schema import (
 )
 from sim.units import gbps_to_bytes_per_s, us_to_s
 
-SUFFIX = ".yaml"
-
-
-def repo_topologies_dir() -> Path:
-    """``topologies/`` at the repository root (next to the ``sim`` package)."""
-    return Path(sim.__file__).resolve().parents[1] / "topologies"
-
-
-def _search_dirs() -> list[Path]:
-    dirs = [Path.cwd() / "topologies", repo_topologies_dir()]
-    return [d for i, d in enumerate(dirs) if d.resolve() not in {e.resolve() for e in dirs[:i]}]
-
-
-def _found() -> dict[str, Path]:
-    """name -> file, the current directory shadowing the repository."""
-    out: dict[str, Path] = {}
-    for d in _search_dirs():
-        for f in sorted(d.glob(f"*{SUFFIX}")) if d.is_dir() else ():
-            out.setdefault(f.stem, f)
-    return out
-
 
 def resolve(ref: str | Path) -> Path:
     """The file for ``ref``: a path to a YAML file, or a bare name looked up as
-    ``topologies/<name>.yaml`` in the current directory, then in the repository."""
-    text = str(ref)
-    path = Path(text)
-    if isinstance(ref, Path) or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
-        if path.is_file():
-            return path
-        raise UserError(f"{text}: topology: file not found (got {text!r})")
-    found = _found()
-    if text in found:
-        return found[text]
-    names = ", ".join(sorted(found)) or "none"
-    where = " or ".join(str(d) for d in _search_dirs())
-    raise UserError(
-        f"topologies/{text}{SUFFIX}: topology: unknown topology name; available: {names} "
-        f"(searched {where}) (got {text!r})"
-    )
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last silently)."""
-
-
-def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse ``path``; malformed YAML or an unreadable file -> ``UserError`` (with the line)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: (file): cannot read: {exc}") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise UserError(yaml_message(exc, str(path))) from None
+    ``topologies/<name>.yaml`` in the current directory, its parents, then the repository."""
+    return find_file(ref, "topologies", "topology")
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -214,8 +147,8 @@ def load_topology(ref: str | Path, overrides: Mapping[str, Any] | None = None) -
     try:
         spec = TOPOLOGY_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        raised = _paths(overrides) if overrides else set()
-        raise UserError(validation_message(exc, source, raised)) from None
+        origins = dict.fromkeys(_paths(overrides) if overrides else (), "topology overrides")
+        raise UserError(validation_message(exc, source, None, origins, MODEL_OF_KIND)) from None
     try:
         graph = build_graph(spec)
     except ValueError as exc:  # a builder rule the schema did not catch
@@ -240,11 +173,11 @@ def validate_topology(ref: str | Path, overrides: Mapping[str, Any] | None = Non
 def list_topologies() -> list[tuple[str, str]]:
     """``(name, description)`` of every topology found (current directory shadows repo)."""
     out = []
-    for name, path in sorted(_found().items()):
+    for name, path in sorted(available("topologies").items()):
         try:
             data = read_yaml(path)
             desc = data.get("description", "") if isinstance(data, Mapping) else ""
         except UserError:
-            desc = "(unreadable: malformed YAML)"
+            desc = "(unreadable: invalid YAML)"
         out.append((name, " ".join(str(desc).split())))
     return out

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from sim.inputs.messages import FieldProblem
 from sim.topology.catalog import list_gpus
 
 Bandwidth = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -36,15 +37,6 @@ Count = Annotated[int, BeforeValidator(_not_bool), Field(ge=1)]
 Ratio = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 DEFAULT_LATENCY_US = 0.5
-
-
-class FieldProblem(ValueError):
-    """A cross-field problem: ``path`` (relative to the model that raised it), what is wrong,
-    and the offending value."""
-
-    def __init__(self, path: tuple[str | int, ...], message: str, value: Any) -> None:
-        super().__init__(message)
-        self.path, self.message, self.value = path, message, value
 
 
 class Strict(BaseModel):

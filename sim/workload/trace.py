@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
+from sim.inputs import json_lines, read_text
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def load_trace(path: str | Path) -> RoutingTrace:
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
-        raise _fail(path, "file", "no such file")
+        read_text(path)  # the one wording for a missing or unreadable file
     trace = _load_npz(path) if suffix == ".npz" else _load_jsonl(path)
     return validate(trace, path)
 
@@ -181,49 +182,42 @@ def _load_jsonl(path: Path) -> RoutingTrace:
     rows: dict[tuple[int, int], tuple[list, list]] = {}
     token_ids: dict[int, int] = {}
     k: int | None = None
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _fail(path, where, f"invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise _fail(path, where, "expected a JSON object")
-            if "layer" not in obj:
-                if set(obj) != {"num_experts"} or not _is_int(obj["num_experts"]):
-                    raise _fail(path, f"{where}: num_experts", 'expected {"num_experts": <int>}')
-                num_experts = obj["num_experts"]
-                continue
-            extra = set(obj) - {"layer", "token", "experts", "scores", "token_id"}
-            if extra:
-                raise _fail(path, f"{where}: {sorted(extra)[0]}", "unknown field")
-            for name in ("layer", "token"):
-                if not _is_int(obj.get(name)) or obj[name] < 0:
-                    raise _fail(path, f"{where}: {name}", "expected an integer >= 0")
-            experts, scores = obj.get("experts"), obj.get("scores")
-            if not isinstance(experts, list) or not all(_is_int(e) for e in experts):
-                raise _fail(path, f"{where}: experts", "expected a list of integers")
-            if not isinstance(scores, list) or not all(_is_num(s) for s in scores):
-                raise _fail(path, f"{where}: scores", "expected a list of numbers")
-            if len(scores) != len(experts):
-                raise _fail(path, f"{where}: scores", "length differs from experts")
-            if k is None:
-                k = len(experts)
-            elif len(experts) != k:
-                raise _fail(path, f"{where}: experts", f"ragged k: {len(experts)} here, {k} before")
-            key = (obj["layer"], obj["token"])
-            if key in rows:
-                raise _fail(path, f"{where}: token", f"duplicate (layer, token) {key}")
-            rows[key] = (experts, scores)
-            if "token_id" in obj:
-                tid = obj["token_id"]
-                if not _is_int(tid) or token_ids.setdefault(obj["token"], tid) != tid:
-                    raise _fail(
-                        path, f"{where}: token_id", "not an integer consistent across layers"
-                    )
+    for lineno, obj in json_lines(read_text(path), str(path)):
+        where = f"line {lineno}"
+        if not isinstance(obj, dict):
+            raise _fail(path, where, "expected a JSON object")
+        if "layer" not in obj:
+            if set(obj) != {"num_experts"} or not _is_int(obj["num_experts"]):
+                raise _fail(path, f"{where}: num_experts", 'expected {"num_experts": <int>}')
+            num_experts = obj["num_experts"]
+            continue
+        extra = set(obj) - {"layer", "token", "experts", "scores", "token_id"}
+        if extra:
+            raise _fail(path, f"{where}: {sorted(extra)[0]}", "unknown field")
+        for name in ("layer", "token"):
+            if not _is_int(obj.get(name)) or obj[name] < 0:
+                raise _fail(path, f"{where}: {name}", "expected an integer >= 0")
+        experts, scores = obj.get("experts"), obj.get("scores")
+        if not isinstance(experts, list) or not all(_is_int(e) for e in experts):
+            raise _fail(path, f"{where}: experts", "expected a list of integers")
+        if not isinstance(scores, list) or not all(_is_num(s) for s in scores):
+            raise _fail(path, f"{where}: scores", "expected a list of numbers")
+        if len(scores) != len(experts):
+            raise _fail(path, f"{where}: scores", "length differs from experts")
+        if k is None:
+            k = len(experts)
+        elif len(experts) != k:
+            raise _fail(path, f"{where}: experts", f"ragged k: {len(experts)} here, {k} before")
+        key = (obj["layer"], obj["token"])
+        if key in rows:
+            raise _fail(path, f"{where}: token", f"duplicate (layer, token) {key}")
+        rows[key] = (experts, scores)
+        if "token_id" in obj:
+            tid = obj["token_id"]
+            if not _is_int(tid) or token_ids.setdefault(obj["token"], tid) != tid:
+                raise _fail(
+                    path, f"{where}: token_id", "not an integer consistent across layers"
+                )
     if not rows or k is None:
         raise _fail(path, "experts", "no routing lines")
     L = 1 + max(layer for layer, _ in rows)

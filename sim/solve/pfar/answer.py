@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.solve.jsonio import json_object
+from sim.inputs import json_object, text_or_file
 from sim.solve.pfar.paths import _Index, _index
-from sim.solve.pfar.problem import CHECK_RTOL, STATUSES, Problem, _read
+from sim.solve.pfar.problem import CHECK_RTOL, STATUSES, Problem
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Answer:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Answer:
-        text, where = _read(text_or_path)
+        text, where = text_or_file(text_or_path)
         d = json_object(text, where)
         try:
             return cls(**d)

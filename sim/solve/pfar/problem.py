@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sim.errors import UserError
-from sim.solve.jsonio import json_object
+from sim.inputs import json_object, text_or_file
 
 WEIGHTINGS = ("linear", "strict")
 STATUSES = ("optimal", "feasible", "infeasible", "heuristic")
@@ -70,7 +70,7 @@ class Problem:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Problem:
         """Read a problem from JSON text or a ``.json`` file; mistakes raise one-line UserErrors."""
-        text, where = _read(text_or_path)
+        text, where = text_or_file(text_or_path)
         d = json_object(text, where)
         missing = sorted({"nodes", "links", "flows"} - d.keys())
         if missing:
@@ -150,13 +150,3 @@ def _invalid(p: Problem) -> str | None:
 
 def _number(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _read(text_or_path: str | Path) -> tuple[str, str]:
-    if isinstance(text_or_path, str) and text_or_path.lstrip().startswith(("{", "[")):
-        return text_or_path, "<json>"
-    path = Path(text_or_path)
-    try:
-        return path.read_text(), str(path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.solve.jsonio import check_fields, json_object
+from sim.inputs import check_fields, json_object, read_text
 from sim.solve.placement.cost import TERMS, _check_assign, _violation, cost
-from sim.solve.placement.problem import _PREFIX, PlacementProblem, _read
+from sim.solve.placement.problem import _PREFIX, PlacementProblem
 
 
 @dataclass(eq=False)
@@ -66,7 +66,7 @@ class PlacementAnswer:
 
     @classmethod
     def load_file(cls, path: str | Path) -> PlacementAnswer:
-        return cls.from_json(_read(path), str(path))
+        return cls.from_json(read_text(path), str(path))
 
 
 def check(problem: PlacementProblem, answer: PlacementAnswer) -> dict[str, float]:

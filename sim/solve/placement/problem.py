@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.errors import UserError
-from sim.solve.jsonio import check_fields, json_object
+from sim.inputs import check_fields, json_object, read_text
 
 _PREFIX = "PlacementProblem"
 _INT_FIELDS = ("layers", "experts", "gpus", "max_experts_per_gpu")
@@ -91,7 +91,7 @@ class PlacementProblem:
 
     @classmethod
     def load_file(cls, path: str | Path) -> PlacementProblem:
-        return cls.from_json(_read(path), str(path))
+        return cls.from_json(read_text(path), str(path))
 
 
 def _normalise(p: PlacementProblem, where: str) -> None:
@@ -144,12 +144,3 @@ def _array(value, name: str, where: str, shape: tuple, dims: str) -> np.ndarray:
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise UserError(f"{where}: {name}: must hold finite numbers >= 0")
     return a
-
-
-def _read(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
