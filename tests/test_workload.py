@@ -225,3 +225,20 @@ def test_bad_npz_and_extension_name_file_and_field(tmp_path):
         load_trace(tmp_path / "trace.csv")
     with pytest.raises(UserError, match="extension"):
         save_trace(good, tmp_path / "trace.csv")
+
+
+def test_every_random_stream_in_the_code_is_registered_and_unknown_names_are_refused():
+    import re
+    from pathlib import Path
+
+    from sim.rng import STREAMS, stream
+
+    with pytest.raises(ValueError, match="unknown random stream 'nope'"):
+        stream(0, "nope")
+    root = Path(__file__).resolve().parents[1] / "sim"
+    used = set()
+    for f in root.rglob("*.py"):
+        used |= set(re.findall(r"""stream\([^()]*?,\s*["'](\w+)["']\)""", f.read_text()))
+    assert used == set(STREAMS)  # every name used is registered, every registered name used
+    a, b = stream(3, "gating").random(4), stream(3, "gating").random(4)
+    assert np.array_equal(a, b) and not np.array_equal(a, stream(3, "routing").random(4))

@@ -6,6 +6,7 @@ import networkx as nx
 import numpy as np
 
 from sim.errors import UserError
+from sim.rng import stream
 from sim.solve.pfar.problem import Flow, Problem, _number
 
 
@@ -27,7 +28,7 @@ def generate(nodes: int, flows: int, seed: int, *, k_paths: int = 4, weighting: 
     """
     if nodes < 2 or flows < 0:
         raise UserError("generate: need nodes >= 2 and flows >= 0")
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "instances")
     order = rng.permutation(nodes)
     edges = {tuple(sorted((int(order[i]), int(order[rng.integers(i)])))) for i in range(1, nodes)}
     target = min(round(degree * nodes / 2), nodes * (nodes - 1) // 2)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import time
 
 import numpy as np
 from deap import base, tools
 
 from sim.errors import UserError
+from sim.rng import stream
 from sim.solve.placement.answer import PlacementAnswer, _answer
 from sim.solve.placement.cost import _counts, _Tables, _tables, _terms
 from sim.solve.placement.greedy import _construct, _improve
@@ -30,7 +30,7 @@ class _Individual(list):
 def solve_ga(problem: PlacementProblem, seed: int, time_limit_s: float | None = None,
              generations: int = 200, population: int = 60, cx_prob: float = 0.7,
              mut_prob: float = 0.5, elite: int = 2, polish: int = 2) -> PlacementAnswer:
-    """Memetic DEAP GA over assignments (genome: GPU of each expert, layer-major).
+    """Memetic GA over assignments (genome: GPU of each expert, layer-major), on a DEAP toolbox.
 
     Tournament selection (3), two-point crossover, swap/move mutation, a repair that enforces
     the per-GPU count and memory limits (every individual is feasible), ``elite`` elites, the
@@ -38,10 +38,11 @@ def solve_ga(problem: PlacementProblem, seed: int, time_limit_s: float | None = 
     (Lamarckian), duplicates replaced by random newcomers. Generation 0 is the :func:`greedy`
     answer plus random individuals. Stops after ``generations`` or ``time_limit_s`` seconds.
 
-    Randomness: DEAP's operators draw from Python's global ``random``; this function saves
-    ``random.getstate()``, seeds it with ``seed``, and restores the caller's state on return, so
-    the same seed gives the same answer (unless ``time_limit_s`` cuts the generations short).
-    No ``deap.creator`` classes are created: two calls in one process do not interfere.
+    Randomness: one numpy Generator, ``sim.rng.stream(seed, "placement_ga")``, handed to our
+    own operators (DEAP's draw from Python's global ``random``, so they are not used), so the
+    same seed gives the same answer whatever the global random state (unless ``time_limit_s``
+    cuts the generations short). No ``deap.creator`` classes are created: two calls in one
+    process do not interfere.
     """
     for name, v, lo in (("generations", generations, 0), ("population", population, 2),
                         ("elite", elite, 1), ("polish", polish, 0)):
@@ -50,29 +51,26 @@ def solve_ga(problem: PlacementProblem, seed: int, time_limit_s: float | None = 
     if elite >= population:
         raise UserError(f"solve_ga: elite: must be below population = {population} (got {elite})")
     t0 = time.perf_counter()
-    state = random.getstate()
-    random.seed(int(seed))
-    try:
-        a, info = _evolve(problem, t0, time_limit_s, generations, population, cx_prob,
-                          mut_prob, elite, polish)
-    finally:
-        random.setstate(state)
+    a, info = _evolve(problem, t0, time_limit_s, generations, population, cx_prob, mut_prob,
+                      elite, polish, stream(int(seed), "placement_ga"))
     return _answer(problem, a, "ga", t0, info=info)
 
 
-def _evolve(p, t0, time_limit_s, generations, population, cx_prob, mut_prob, elite, polish):
+def _evolve(p, t0, time_limit_s, generations, population, cx_prob, mut_prob, elite, polish,
+            rng):
     L, E, P = p.layers, p.experts, p.gpus
     t = _tables(p)
     start = _improve(p, t, _construct(p, t))
     fallback = _counts(p, start)
     tb = base.Toolbox()
-    tb.register("mate", tools.cxTwoPoint)
-    tb.register("mutate", _mutate, layers=L, experts=E, gpus=P)
-    tb.register("select", tools.selTournament, tournsize=3)
+    tb.register("mate", _two_point, rng=rng)
+    tb.register("mutate", _mutate, layers=L, experts=E, gpus=P, rng=rng)
+    tb.register("select", _tournament, size=3, rng=rng)
 
     def settle(inds):  # repair, then evaluate the whole batch at once
         for ind in inds:
-            ind[:] = _repair(p, t, np.asarray(ind).reshape(L, E), fallback).ravel().tolist()
+            ind[:] = _repair(p, t, np.asarray(ind).reshape(L, E), fallback,
+                             rng).ravel().tolist()
         if inds:
             totals = _terms(p, t, np.asarray(inds, dtype=np.int64).reshape(-1, L, E))["total"]
             for ind, v in zip(inds, totals, strict=True):
@@ -84,7 +82,7 @@ def _evolve(p, t0, time_limit_s, generations, population, cx_prob, mut_prob, eli
             settle([ind])
 
     def randoms(n):
-        return [_Individual(random.randrange(P) for _ in range(L * E)) for _ in range(n)]
+        return [_Individual(row) for row in rng.integers(P, size=(n, L * E)).tolist()]
 
     pop = [_Individual(start.ravel().tolist())] + randoms(population - 1)
     settle(pop)
@@ -96,11 +94,11 @@ def _evolve(p, t0, time_limit_s, generations, population, cx_prob, mut_prob, eli
             break
         off = [tb.clone(ind) for ind in tb.select(pop, population - elite)]
         for c1, c2 in zip(off[::2], off[1::2], strict=False):
-            if L * E > 1 and random.random() < cx_prob:
+            if L * E > 1 and rng.random() < cx_prob:
                 tb.mate(c1, c2)
                 del c1.fitness.values, c2.fitness.values
         for ind in off:
-            if random.random() < mut_prob:
+            if rng.random() < mut_prob:
                 tb.mutate(ind)
                 del ind.fitness.values
         new = [ind for ind in off if not ind.fitness.valid]
@@ -120,23 +118,39 @@ def _evolve(p, t0, time_limit_s, generations, population, cx_prob, mut_prob, eli
                   "greedy_total": float(_terms(p, t, start[None])["total"][0])}
 
 
-def _mutate(ind, layers: int, experts: int, gpus: int):
+def _tournament(individuals, k: int, size: int, rng: np.random.Generator) -> list:
+    """``k`` winners (best fitness) of tournaments among ``size`` individuals drawn uniformly
+    with replacement."""
+    drawn = rng.integers(len(individuals), size=(k, size))
+    return [max((individuals[i] for i in row), key=lambda ind: ind.fitness) for row in drawn]
+
+
+def _two_point(c1, c2, rng: np.random.Generator):
+    """Swap the genes between two cut points drawn uniformly (DEAP's two-point crossover)."""
+    n = min(len(c1), len(c2))
+    a, b = sorted(int(x) for x in rng.choice(np.arange(1, n + 1), 2, replace=n < 2))
+    c1[a:b], c2[a:b] = c2[a:b], c1[a:b]
+    return c1, c2
+
+
+def _mutate(ind, layers: int, experts: int, gpus: int, rng: np.random.Generator):
     """1 + Geometric(1/2) changes: swap two experts of a layer (70%) or move one to a random
     GPU."""
     n = 1
-    while random.random() < 0.5:
+    while rng.random() < 0.5:
         n += 1
     for _ in range(n):
-        base_ = random.randrange(layers) * experts
-        if experts > 1 and random.random() < 0.7:
-            i, j = random.sample(range(experts), 2)
+        base_ = int(rng.integers(layers)) * experts
+        if experts > 1 and rng.random() < 0.7:
+            i, j = (int(x) for x in rng.choice(experts, 2, replace=False))
             ind[base_ + i], ind[base_ + j] = ind[base_ + j], ind[base_ + i]
         else:
-            ind[base_ + random.randrange(experts)] = random.randrange(gpus)
+            ind[base_ + int(rng.integers(experts))] = int(rng.integers(gpus))
     return (ind,)
 
 
-def _repair(p: PlacementProblem, t: _Tables, a: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+def _repair(p: PlacementProblem, t: _Tables, a: np.ndarray, fallback: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
     """A feasible assignment close to ``a``: evict the lightest experts from GPUs over the
     per-layer count, then from GPUs over memory, and put each (heaviest first) on a GPU with
     room: the one of least dispatch cost or (half the time, for diversity) a random one. If that
@@ -168,10 +182,10 @@ def _repair(p: PlacementProblem, t: _Tables, a: np.ndarray, fallback: np.ndarray
         ok = (cnt[li] < K) & (tot < M)
         if not ok.any():
             return _refill(p, a, fallback)
-        if random.random() < 0.5:
+        if rng.random() < 0.5:
             g = int(np.argmin(np.where(ok, t.dispatch[li, e], np.inf)))
         else:
-            g = int(random.choice(np.flatnonzero(ok)))
+            g = int(rng.choice(np.flatnonzero(ok)))
         a[li, e] = g
         cnt[li, g] += 1
         tot[g] += 1
