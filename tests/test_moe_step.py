@@ -9,7 +9,6 @@ from sim.compute import dense_layer_time_s, expert_ffn_time_s
 from sim.moe.layout import Layout
 from sim.moe.plan import plan_step
 from sim.moe.run import run_training
-from sim.moe.step import dense_params
 from sim.scenario.load import load_scenario
 from sim.topology import load_topology
 
@@ -126,7 +125,7 @@ def test_bytes_counted_across_servers_with_rings_sharing_hops(tmp_path):
         off = inp.layout.expert_gpu(gpus, li) != gpus[:, None]
         a2a += (r.slots * off).sum() * act
     n = 16  # one dense data-parallel group of all GPUs; experts are not replicated
-    ar = sum(dense_params(inp, m) for m in inp.moe_layers) * 4 * 2 * (n - 1) / n * n
+    ar = sum(inp.shape.dense_params(m) for m in inp.shape.moe_layers) * 4 * 2 * (n - 1) / n * n
     total = res["inter_node_bytes"] + res["intra_node_bytes"]
     assert total == pytest.approx(4 * a2a + ar, rel=1e-12)
 
@@ -145,7 +144,7 @@ def test_bytes_dispatched_equal_bytes_combined(tmp_path):
         own = np.repeat(np.arange(8), 2)  # EP = 8 on 8 GPUs, 2 experts per GPU
         off = own[None, :] != np.arange(8)[:, None]
         a2a += (r.slots * off).sum() * act
-    ar = sum(dense_params(_inputs(sc), True) for _ in range(2)) * 4 * 2 * 7 / 8 * 8
+    ar = sum(_inputs(sc).shape.dense_params(True) for _ in range(2)) * 4 * 2 * 7 / 8 * 8
     assert res.summary["inter_node_bytes"] == 0
     assert res.summary["intra_node_bytes"] == pytest.approx(4 * a2a + ar)
 
@@ -176,7 +175,7 @@ def test_uniform_routing_step_matches_hand_computed_time(tmp_path):
                                     num_experts=e))
     expert = float(expert_ffn_time_s(np.full(e // p, p * c), m.hidden_size,
                                      m.ffn_hidden_size, spec).sum())
-    grads = dense_params(_inputs(sc), True) * 4
+    grads = _inputs(sc).shape.dense_params(True) * 4
     allreduce = 2 * (p - 1) * (lat + grads / p / bw)
     expect = 3 * attn + 4 * a2a + 3 * expert + allreduce
     assert res.summary["step_time_s"] == pytest.approx(expect, rel=1e-9)
@@ -275,7 +274,7 @@ def test_tensor_parallel_step_matches_hand_computed_time(tmp_path, tp, etp):
                                     m.num_attention_heads, spec, num_experts=e)) / tp
     expert = float(expert_ffn_time_s(np.full(epu, p * c), m.hidden_size,
                                      m.ffn_hidden_size / etp, spec).sum())
-    grads = dense_params(_inputs(sc), True) / tp * 4
+    grads = _inputs(sc).shape.dense_params(True) / tp * 4
     n = p // tp  # data-parallel ranks per dense shard
     allreduce = 2 * (n - 1) * (lat + grads / n / bw)
     expect = (3 * attn + 4 * a2a + 3 * expert + 4 * tp_gather + 4 * unit_gather + allreduce)

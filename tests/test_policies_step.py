@@ -4,8 +4,8 @@ import math
 
 import pytest
 
+from sim.moe.capacity import critical_capacity_tokens
 from sim.moe.run import run_training
-from sim.routing.locmoe import critical_capacity_tokens
 from sim.topology import load_topology
 from tests.test_moe_step import scenario
 

@@ -7,13 +7,10 @@ import pytest
 from scipy.special import logsumexp
 
 from sim.errors import UserError
+from sim.moe.capacity import critical_capacity_tokens, critical_capacity_tokens_large_d
 from sim.routing import Assignment, RouterContext, route
 from sim.routing.common import assemble
-from sim.routing.locmoe import (
-    critical_capacity_tokens,
-    critical_capacity_tokens_large_d,
-    local_fraction,
-)
+from sim.routing.locmoe import local_fraction
 from sim.routing.smile import balance_terms
 
 T, E = 4096, 16

@@ -181,7 +181,7 @@ def test_admission_problem_is_the_dispatch_between_servers(scenario):
     dest = inp.layout.expert_gpu(gpus, 1)
     node = cl.node_of
     cross = node[gpus][:, None] != node[dest]
-    expected = float((r.slots * cross).sum()) * inp.hidden * inp.dtype_bytes
+    expected = float((r.slots * cross).sum()) * inp.shape.hidden * inp.dtype_bytes
     assert sum(f.demand for f in prob.flows) * window == pytest.approx(expected, rel=1e-12)
     names = {str(n) for n in cl.node_names}
     assert all(f.src in names and f.dst in names for f in prob.flows)

@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import betainc, erfc
 
 from sim.errors import UserError
-from sim.routing.assignment import Assignment
+
+if TYPE_CHECKING:  # the routers import this module; it needs nothing of theirs at run time
+    from sim.routing.assignment import Assignment
 
 CONVENTIONS = ("megatron", "deepspeed", "tutel", "gshard")
 DROP_POLICIES = ("probs", "position")
@@ -238,3 +242,58 @@ def load_imbalance(load: np.ndarray) -> float:
     load = np.asarray(load, dtype=np.float64)
     mean = float(load.mean()) if load.size else 0.0
     return float(load.max()) / mean if mean > 0 else 1.0
+
+
+def routing_group_capacity(moe, hidden_size: int, tokens: int, topk: int) -> int | None:
+    """Slots per expert per routing group of ``tokens`` under a scenario's ``moe`` section
+    (None = dropless): its convention's formula at ``moe_expert_capacity_factor``, or with
+    ``critical``, LocMoE's minimum capacity C = ceil(ec_min) (:func:`critical_capacity_tokens`,
+    from ``hidden_size``, the experts and ``critical_capacity_delta``)."""
+    cf = moe.moe_expert_capacity_factor
+    if cf == "critical":
+        ec = critical_capacity_tokens(hidden_size, moe.num_experts, moe.critical_capacity_delta)
+        return max(1, math.ceil(ec))
+    return expert_capacity(moe.capacity_convention, tokens, moe.num_experts, topk, cf)
+
+
+def expert_choice_capacity(tokens: int, experts: int, capacity_factor: float,
+                           capacity: int | None = None) -> int:
+    """Tokens each expert picks under expert choice (Zhou et al. 2022), in 1..T: ``capacity``
+    when given, else max(1, round(capacity_factor x T / E))."""
+    if capacity is not None:
+        c = int(capacity)
+        if c < 1:
+            raise UserError(f"router 'expert_choice': capacity must be >= 1, got {c}")
+    else:
+        if not capacity_factor > 0:
+            raise UserError(f"router 'expert_choice': capacity_factor must be > 0, got "
+                            f"{capacity_factor}")
+        c = max(1, round(capacity_factor * tokens / experts))
+    return min(c, tokens)
+
+
+def _check_capacity_args(hidden: int, experts: int, delta: float) -> None:
+    if int(hidden) != hidden or hidden < 2:
+        raise UserError(f"critical capacity: hidden must be an integer >= 2, got {hidden}")
+    if int(experts) != experts or experts < 1:
+        raise UserError(f"critical capacity: experts must be an integer >= 1, got {experts}")
+    if not 0 < delta < 1:
+        raise UserError(f"critical capacity: delta must be in (0, 1), got {delta}")
+
+
+def critical_capacity_tokens(hidden: int, experts: int, delta: float = 0.03) -> float:
+    """LocMoE Theorem 1 (§1.4): ec_min = 1 / (n * (1 - I_{delta^2}(1/2, (d-1)/2))).
+
+    d = ``hidden``, n = ``experts``; I is the regularised incomplete beta function
+    (``scipy.special.betainc(a, b, x)`` = I_x(a, b)). A token count, not a capacity factor.
+    """
+    _check_capacity_args(hidden, experts, delta)
+    p_delta = 1.0 - float(betainc(0.5, (hidden - 1) / 2.0, delta * delta))
+    return 1.0 / (experts * p_delta)
+
+
+def critical_capacity_tokens_large_d(hidden: int, experts: int, delta: float = 0.03) -> float:
+    """Large-d form of Theorem 1: 1 / (n * erfc(sqrt(delta^2 d / (2 - delta^2))))."""
+    _check_capacity_args(hidden, experts, delta)
+    x = delta * delta * hidden / (2.0 - delta * delta)
+    return 1.0 / (experts * float(erfc(math.sqrt(x))))

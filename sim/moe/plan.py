@@ -7,13 +7,12 @@ the step process times on the fabric.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from sim.moe import rectify
-from sim.moe.capacity import apply_capacity, dispatch_slots, expert_capacity
+from sim.moe.capacity import apply_capacity, dispatch_slots, routing_group_capacity
 from sim.moe.layout import Layout
 from sim.rng import stream
 from sim.routing import RouterContext, route
@@ -76,19 +75,6 @@ class LayerRouting:
         return float(load.max() / load.mean()) if load.sum() else 1.0
 
 
-def capacity_of(scenario, tokens: int, k: int) -> int | None:
-    """Slots per expert per routing group of ``tokens`` (None = dropless); see Moe."""
-    moe = scenario.moe
-    cf = moe.moe_expert_capacity_factor
-    if cf == "critical":
-        from sim.routing.locmoe import critical_capacity_tokens
-
-        ec = critical_capacity_tokens(scenario.model.hidden_size, moe.num_experts,
-                                      moe.critical_capacity_delta)
-        return max(1, math.ceil(ec))
-    return expert_capacity(moe.capacity_convention, tokens, moe.num_experts, k, cf)
-
-
 def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
               progress=None) -> list[LayerRouting]:
     """Route every MoE layer of ``scenario`` on every GPU; one LayerRouting per MoE layer.
@@ -102,11 +88,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     n_moe = sum(model.moe_layers())
     tokens = model.micro_batch_size * model.seq_length // layout.tp  # sequence-parallel shard
     e, k = moe.num_experts, moe.moe_router_topk
-    cfg = GateConfig(**{f: getattr(gating, f) for f in (
-        "vocab_size", "zipf_exponent", "alpha_id", "sigma_ctx", "popularity_skew",
-        "collapse_fraction", "affinity", "temporal_locality", "drift", "domain_shift")})
-    gen = GateGenerator(n_moe, e, cfg, scenario.seed)
-    cap = capacity_of(scenario, tokens, k)
+    gen = GateGenerator(n_moe, e, GateConfig.from_settings(gating), scenario.seed)
+    cap = routing_group_capacity(moe, model.hidden_size, tokens, k)
     rng = stream(scenario.seed, "routing")
     p = layout.gpus
     groups = min(p, gating.routing_groups or p)
@@ -214,7 +197,7 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
                         f"says moe.num_experts = {moe.num_experts}")
     tokens = model.micro_batch_size * model.seq_length // layout.tp
     e, k = moe.num_experts, trace.top_k
-    cap = capacity_of(scenario, tokens, k)
+    cap = routing_group_capacity(moe, model.hidden_size, tokens, k)
     if moe.rectify.fill_in or moe.rectify.intra_gpu:
         raise UserError(f"{where}: moe.rectify needs every expert's routing probability, which "
                         "a trace does not record; use the gate generator")

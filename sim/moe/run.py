@@ -9,6 +9,7 @@ import simpy
 
 from sim.errors import UserError
 from sim.metrics import CATEGORIES, ListRecorder, Span
+from sim.model import Shape
 from sim.moe.layout import Layout
 from sim.moe.plan import plan_step
 from sim.moe.step import StepInputs, training_step
@@ -49,12 +50,7 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
         raise UserError(f"{where}moe.rectify.intra_gpu: needs expert_tensor_parallel_size 1 "
                         f"(a GPU holds whole experts only then; got {layout.etp})")
     return StepInputs(
-        hidden=model.hidden_size, ffn_hidden=model.ffn_hidden_size,
-        moe_ffn_hidden=moe.moe_ffn_hidden_size or model.ffn_hidden_size,
-        heads=model.num_attention_heads,
-        kv_heads=model.num_query_groups or model.num_attention_heads,
-        seq_len=model.seq_length, tokens=tokens // tp,
-        gated=model.gated_linear_unit, moe_layers=model.moe_layers(), experts=moe.num_experts,
+        shape=Shape.of(model, moe), seq_len=model.seq_length, tokens=tokens // tp,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
         routing=_plan(scenario, layout, cluster, source, progress),

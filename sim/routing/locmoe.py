@@ -29,9 +29,9 @@ Parameters:
     are all <= 0 gets G = 0 everywhere (ReLU); ties in s are broken in favour of the larger
     centred (pre-ReLU) logit, so a flat G does not pile onto the lowest expert index.
 
-Also here: :func:`critical_capacity_tokens` (Theorem 1 of §1.4, exact regularised incomplete
-beta form), :func:`critical_capacity_tokens_large_d` (its erfc large-d form) and
-:func:`local_fraction` (share of rows that stay on the token's own node).
+Also here: :func:`local_fraction` (share of rows that stay on the token's own node). LocMoE's
+critical capacity (Theorem 1 of §1.4) is with the other capacity rules, in
+:mod:`sim.moe.capacity`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import betainc, erfc
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
@@ -149,30 +148,3 @@ def local_fraction(assignment: Assignment, ctx: RouterContext) -> float:
     en = expert_node(ctx, assignment.num_experts, "locmoe")
     tn = token_node(ctx, assignment.num_tokens, "locmoe")
     return float(np.mean(en[assignment.expert] == tn[assignment.token]))
-
-
-def _check_capacity_args(hidden: int, experts: int, delta: float) -> None:
-    if int(hidden) != hidden or hidden < 2:
-        raise UserError(f"critical capacity: hidden must be an integer >= 2, got {hidden}")
-    if int(experts) != experts or experts < 1:
-        raise UserError(f"critical capacity: experts must be an integer >= 1, got {experts}")
-    if not 0 < delta < 1:
-        raise UserError(f"critical capacity: delta must be in (0, 1), got {delta}")
-
-
-def critical_capacity_tokens(hidden: int, experts: int, delta: float = 0.03) -> float:
-    """LocMoE Theorem 1 (§1.4): ec_min = 1 / (n * (1 - I_{delta^2}(1/2, (d-1)/2))).
-
-    d = ``hidden``, n = ``experts``; I is the regularised incomplete beta function
-    (``scipy.special.betainc(a, b, x)`` = I_x(a, b)). A token count, not a capacity factor.
-    """
-    _check_capacity_args(hidden, experts, delta)
-    p_delta = 1.0 - float(betainc(0.5, (hidden - 1) / 2.0, delta * delta))
-    return 1.0 / (experts * p_delta)
-
-
-def critical_capacity_tokens_large_d(hidden: int, experts: int, delta: float = 0.03) -> float:
-    """Large-d form of Theorem 1: 1 / (n * erfc(sqrt(delta^2 d / (2 - delta^2))))."""
-    _check_capacity_args(hidden, experts, delta)
-    x = delta * delta * hidden / (2.0 - delta * delta)
-    return 1.0 / (experts * float(erfc(math.sqrt(x))))

@@ -76,7 +76,7 @@ class Moe(StrictModel):
     moe_expert_capacity_factor: Annotated[float, Field(gt=0)] | Literal["critical"] | None = None
     """None = dropless; "critical" = LocMoE's minimum capacity (Theorem 1): C = ceil(ec_min)
     tokens per expert per routing group, ec_min from hidden_size, num_experts and
-    critical_capacity_delta (``sim.routing.locmoe.critical_capacity_tokens``)."""
+    critical_capacity_delta (``sim.moe.capacity.critical_capacity_tokens``)."""
     critical_capacity_delta: float = Field(0.03, gt=0, lt=1)
     """LocMoE's delta (cosine threshold of a class-discriminative token; paper: about 0.03)."""
     moe_token_drop_policy: Literal["probs", "position"] = "probs"

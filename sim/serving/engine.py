@@ -36,6 +36,7 @@ import simpy
 
 from sim.compute import dense_layer_time_s, expert_ffn_time_s
 from sim.errors import UserError
+from sim.model import Shape
 from sim.network import Fabric, FabricOptions
 from sim.rng import stream
 from sim.serving.batching import WorkItem, form_batch
@@ -80,11 +81,8 @@ def route_requests(scenario, requests: list[Request]) -> dict[int, np.ndarray]:
 
     model, moe, gating, srv = scenario.model, scenario.moe, scenario.gating, scenario.serving
     n_moe = sum(model.moe_layers())
-    cfg = GateConfig(**{f: getattr(gating, f) for f in (
-        "vocab_size", "zipf_exponent", "alpha_id", "sigma_ctx", "popularity_skew",
-        "collapse_fraction", "affinity", "temporal_locality", "drift", "domain_shift")})
     layers = 1 if srv.router == "layer_aligned" else n_moe
-    gen = GateGenerator(layers, moe.num_experts, cfg, scenario.seed)
+    gen = GateGenerator(layers, moe.num_experts, GateConfig.from_settings(gating), scenario.seed)
     k = moe.moe_router_topk
     out = {}
     for r in requests:
@@ -154,19 +152,14 @@ class _Server:
         self.experts = experts
         self.moe_layers = self.model.moe_layers()
         self.n_moe = sum(self.moe_layers)
-        m, d = self.model, self.model.hidden_size
+        m = self.model
         self.dtype = scenario.training.dtype_bytes
-        ffn = self.moe.moe_ffn_hidden_size or m.ffn_hidden_size
-        self.ffn = ffn
-        self.expert_bytes = (3 if m.gated_linear_unit else 2) * d * ffn * self.dtype
-        kv = d * (m.num_query_groups or m.num_attention_heads) // m.num_attention_heads
-        attn = d * (d + 2 * kv) + d * d
-        dense = sum(attn + (d * self.moe.num_experts if is_moe else
-                            (3 if m.gated_linear_unit else 2) * d * m.ffn_hidden_size)
-                    for is_moe in self.moe_layers)
-        embedding = scenario.gating.vocab_size * d  # tied input embedding / output head
-        self.dense_bytes = (dense + embedding) * self.dtype
-        self.kv_bytes_per_token = 2 * kv * m.num_layers * self.dtype
+        # a tied input embedding / output head of gating.vocab_size rows
+        shape = Shape.of(m, self.moe, vocab=scenario.gating.vocab_size)
+        self.ffn = shape.moe_ffn_hidden
+        self.expert_bytes = shape.expert_params * self.dtype
+        self.dense_bytes = shape.non_expert_params * self.dtype
+        self.kv_bytes_per_token = 2 * shape.kv_hidden * m.num_layers * self.dtype
         off = self.srv.offload
         resident_all = off.mode == "gpu_only"
         cap = self.moe.num_experts if resident_all else off.cache_experts_per_layer

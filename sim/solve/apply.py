@@ -63,7 +63,7 @@ def admission_problem(scenario, cluster, layer: int = 0, window_s: float | None 
     GPU's own links rejects a chunk.
     """
     from sim.moe.run import step_inputs
-    from sim.moe.step import dispatch_matrix
+    from sim.moe.work import dispatch_matrix
     from sim.solve import pfar
 
     where = f"{source}: " if source else ""
@@ -72,7 +72,7 @@ def admission_problem(scenario, cluster, layer: int = 0, window_s: float | None 
         raise UserError(f"{where}--layer: {layer}; the scenario has {len(inp.routing)} MoE "
                         f"layers (0 to {len(inp.routing) - 1})")
     dest = inp.layout.expert_gpu(np.arange(inp.layout.gpus), layer)
-    matrix = dispatch_matrix(inp.routing[layer].slots, dest, inp.hidden * inp.dtype_bytes)
+    matrix = dispatch_matrix(inp.routing[layer].slots, dest, inp.shape.hidden * inp.dtype_bytes)
     rates = pfar.from_cluster(cluster, matrix, 1.0)  # demands in bytes per window second
     if not rates.flows:
         raise UserError(f"{where}the dispatch of MoE layer {layer} sends nothing between "

@@ -76,6 +76,13 @@ class GateConfig:
     drift_period: int = 100
     domain_shift: bool = False
 
+    @classmethod
+    def from_settings(cls, gating) -> GateConfig:
+        """The generator knobs of a scenario's ``gating`` section (its fields of the same
+        names; ``trace`` and ``routing_groups`` are not the generator's)."""
+        names = [f.name for f in fields(cls) if hasattr(gating, f.name)]
+        return cls(**{name: getattr(gating, name) for name in names})
+
     def __post_init__(self) -> None:
         rules = {
             "vocab_size": (self.vocab_size >= 1, "an integer >= 1"),

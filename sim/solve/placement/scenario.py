@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import numpy as np
 
 from sim.errors import UserError
+from sim.model import Shape
 from sim.solve.placement.problem import PlacementProblem
 
 
@@ -24,9 +23,9 @@ def from_scenario(scenario, cluster, *, balance_weight: float | None = None,
     * ``coactivation``: the same tokens' top-1 gate choice (argmax logit of
       ``GateGenerator.logits``, or the trace's first expert) at layer l and l+1, counted over
       the routing groups of GPUs 0..ep-1.
-    * ``expert_bytes`` = (3 if gated else 2) x hidden x moe_ffn_hidden x dtype_bytes (weights
-      only); ``gpu_memory_bytes`` = the GPU's HBM; ``max_experts_per_gpu`` = E / ep (the
-      simulator's layout); ``bytes_per_token`` = hidden x dtype_bytes.
+    * ``expert_bytes`` = one expert's weights (``sim.model.Shape.expert_params``) x dtype_bytes;
+      ``gpu_memory_bytes`` = the GPU's HBM; ``max_experts_per_gpu`` = E / ep (the simulator's
+      layout); ``bytes_per_token`` = hidden x dtype_bytes.
     * ``intra_node_cost`` = 1 / the slowest "nvlink" or "hccs" link, ``inter_node_cost`` = 1 /
       the slowest "nic" link (s/byte; = intra on a single server).
     * ``balance_weight`` = ep x forward expert-FFN seconds per token at the roofline's compute
@@ -51,17 +50,16 @@ def from_scenario(scenario, cluster, *, balance_weight: float | None = None,
     source = np.stack([r.slots[:ep] for r in routing]).astype(float)
     tokens = model.micro_batch_size * model.seq_length // layout.tp
     co = _coactivation(scenario, len(routing), tokens, ep, cluster.num_gpus)
-    n_mats = 3 if model.gated_linear_unit else 2
-    ffn = moe.moe_ffn_hidden_size or model.ffn_hidden_size
+    expert_params = Shape.of(model, moe).expert_params
     intra, inter = _link_costs(cluster)
-    if balance_weight is None:
-        per_token_s = 2.0 * n_mats * model.hidden_size * ffn / (
+    if balance_weight is None:  # 2 FLOP per weight and token
+        per_token_s = 2.0 * expert_params / (
             cluster.gpu.peak_bf16_flops * DEFAULT_EFFICIENCY.flops)
         balance_weight = ep * per_token_s
     return PlacementProblem(
         layers=len(routing), experts=E, gpus=ep, gpu_node=cluster.node_of[:ep].tolist(),
         load=source.sum(axis=1), coactivation=co, source_load=source,
-        expert_bytes=float(n_mats * model.hidden_size * ffn * tr.dtype_bytes),
+        expert_bytes=float(expert_params * tr.dtype_bytes),
         gpu_memory_bytes=float(gpu_memory_bytes or cluster.gpu.hbm_gib * 2**30),
         max_experts_per_gpu=max_experts_per_gpu or E // ep,
         bytes_per_token=float(model.hidden_size * tr.dtype_bytes),
@@ -84,9 +82,7 @@ def _coactivation(scenario, n_moe: int, tokens: int, ep: int, gpus: int) -> np.n
     else:
         from sim.workload import GateConfig, GateGenerator
 
-        names = [f.name for f in fields(GateConfig) if f.name in type(gating).model_fields]
-        gen = GateGenerator(n_moe, E, GateConfig(**{k: getattr(gating, k) for k in names}),
-                            scenario.seed)
+        gen = GateGenerator(n_moe, E, GateConfig.from_settings(gating), scenario.seed)
 
         def top1_of(g: int) -> np.ndarray:  # routing group g's tokens, as in plan_step
             return gen.logits(step, gen.tokens(step, tokens, group=g), group=g).argmax(axis=2)

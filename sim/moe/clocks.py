@@ -1,0 +1,90 @@
+"""The shared bookkeeping of a training step: one clock per GPU, advanced by compute and by
+exchanges on the fabric, with timeline spans and byte counters.
+
+A GPU's flows start when it is ready and it continues when all its incoming flows have arrived.
+GPUs that become ready for an exchange within ``START_MERGE`` x (spread of the ready times) of
+each other start it together, at the latest of their times (never early): a few batches per
+exchange instead of one per GPU, which is what keeps large steps fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from sim.collectives.algorithms import hierarchical_stages, staggered_transfer
+from sim.metrics import NullRecorder
+from sim.network.fabric import Fabric
+
+START_MERGE = 0.05
+
+
+class GpuClocks:
+    """``ready`` (P,) seconds: when each GPU is free; byte counters of what crossed servers."""
+
+    def __init__(self, fabric: Fabric, gpus: int, recorder=None, a2a_algorithm: str = "direct"):
+        self.fabric, self.rec = fabric, recorder or NullRecorder()
+        self.p, self.a2a_algorithm = gpus, a2a_algorithm
+        self.gpus = np.arange(gpus)
+        self.ready = np.zeros(gpus)
+        node = fabric.cluster.node_of
+        self.cross = node[:, None] != node[None, :]
+        self.inter_node_bytes = self.intra_node_bytes = self.a2a_inter_node_bytes = 0.0
+
+    def spans(self, cat: str, phase: str, layer: int, start, end) -> None:
+        for g in self.gpus:
+            self.rec.span(g, cat, phase, layer, start[g], end[g])
+
+    def count(self, matrix: np.ndarray, a2a: bool = False) -> None:
+        """Add a (P, P) byte matrix to the inter- and intra-node counters (its diagonal
+        zeroed in place)."""
+        np.fill_diagonal(matrix, 0.0)
+        inter = float(matrix[self.cross].sum())
+        self.inter_node_bytes += inter
+        self.intra_node_bytes += float(matrix[~self.cross].sum())
+        if a2a:
+            self.a2a_inter_node_bytes += inter
+
+    def stages(self, matrix: np.ndarray, a2a: bool) -> list[np.ndarray]:
+        """The exchange as the matrices it is sent in (staged for hierarchical or bilevel
+        dispatch and combine)."""
+        if not a2a or self.a2a_algorithm == "direct":
+            return [matrix]
+        relay = "destination" if self.a2a_algorithm == "hierarchical" else "source"
+        out = []
+        for src, dst, nbytes in hierarchical_stages(self.fabric.cluster, matrix, relay):
+            m = np.zeros((self.p, self.p))
+            m[src, dst] = nbytes
+            out.append(m)
+        return out
+
+    def exchange(self, matrix, cat: str, phase: str, layer: int, a2a: bool = True) -> Generator:
+        """Send the (P, P) bytes of ``matrix``; returns the longest wait of any GPU (s)."""
+        start = self.ready.copy()
+        for m in self.stages(matrix, a2a):
+            span = max(self.ready.max() - self.ready.min(), 0.0)
+            recv, _ = yield from staggered_transfer(self.fabric, m, self.ready,
+                                                    START_MERGE * span)
+            self.ready = np.maximum(self.ready, recv)
+            self.count(m.copy(), a2a)
+        self.spans(cat, phase, layer, start, self.ready)
+        return float((self.ready - start).max())
+
+    def compute(self, cat: str, phase: str, layer: int, seconds) -> float:
+        """Advance every GPU by its ``seconds`` (scalar or (P,)); returns the longest."""
+        start = self.ready.copy()
+        self.ready = self.ready + seconds
+        self.spans(cat, phase, layer, start, self.ready)
+        return float(np.max(seconds))
+
+    def tp_framed(self, cat: str, phase: str, layer: int, seconds, gather) -> Generator:
+        """AllGather -> compute -> ReduceScatter (just the compute when ``gather`` is None);
+        returns (compute seconds, tensor-parallel communication seconds)."""
+        t = 0.0
+        if gather is not None:
+            t += yield from self.exchange(gather, "tp", phase, layer, a2a=False)
+        c = self.compute(cat, phase, layer, seconds)
+        if gather is not None:
+            t += yield from self.exchange(gather.T.copy(), "tp", phase, layer, a2a=False)
+        return c, t

@@ -1,0 +1,57 @@
+"""Gradient reduction of a training step: pipelined ring AllReduce of dense weight shards over
+the data-parallel ranks (one ring per rail across servers, as NCCL's channels) and of expert
+shards over each expert's replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+
+from sim.collectives.algorithms import ring_all_reduce_groups, ring_orders
+from sim.moe.clocks import GpuClocks
+
+
+class GradientReduction:
+    """Starts the reduction of given layers' gradients as SimPy processes."""
+
+    def __init__(self, clocks: GpuClocks, inp):
+        self.clocks, self.inp = clocks, inp
+        fabric, lay = clocks.fabric, inp.layout
+        self.rings = ring_orders(fabric.cluster)
+        self.dense_groups = np.vstack([lay.dense_dp_groups(order) for order in self.rings])
+        self.expert_groups = lay.expert_dp_groups()
+
+    def _reduce(self, layers: list[int]) -> list:
+        """Processes reducing the gradients of ``layers``; their bytes are counted."""
+        inp, lay, p = self.inp, self.inp.layout, self.clocks.p
+        shape, env, fabric = inp.shape, self.clocks.fabric.env, self.clocks.fabric
+        dense = sum(shape.dense_params(shape.moe_layers[i]) for i in layers) / lay.tp
+        expert = sum(shape.expert_params / lay.etp * lay.experts_per_gpu for i in layers
+                     if shape.moe_layers[i])
+        procs = []
+        for groups, nbytes in ((self.dense_groups, dense / len(self.rings)),
+                               (self.expert_groups, expert)):
+            nbytes *= inp.grad_dtype_bytes
+            n = groups.shape[1]
+            if n > 1 and nbytes > 0:
+                ring = np.zeros((p, p))  # rings share hops inside a server: accumulate
+                np.add.at(ring, (groups.ravel(), np.roll(groups, -1, axis=1).ravel()),
+                          2 * (n - 1) / n * nbytes)
+                self.clocks.count(ring)
+                procs.append(env.process(
+                    ring_all_reduce_groups(fabric, groups, nbytes, pipelined=True)))
+        return procs
+
+    def start(self, layers: list[int], at: float):
+        """A process reducing ``layers`` from simulated time ``at`` on (recorded as spans)."""
+        return self.clocks.fabric.env.process(self._run(layers, at))
+
+    def _run(self, layers: list[int], at: float) -> Generator:
+        env, clocks = self.clocks.fabric.env, self.clocks
+        yield env.timeout(max(at - env.now, 0.0))
+        t0 = env.now
+        yield env.all_of(self._reduce(layers))
+        for g in clocks.gpus:
+            clocks.rec.span(g, "allreduce", "step", layers[0] if len(layers) == 1 else -1, t0,
+                            env.now)
