@@ -56,9 +56,9 @@ def cli(ctx: click.Context) -> None:
 )
 def run(scenario: Path, sets: tuple[str, ...], out: Path | None) -> None:
     """Run SCENARIO: print an nccl-tests style table and write summary.json."""
-    from sim import output
+    from sim.runs import rundir as output
+    from sim.runs.simulate import simulate
     from sim.scenario import load_scenario
-    from sim.simulate import simulate
 
     sc = load_scenario(scenario, sets)  # input mistakes surface before the engine is imported
     if out is not None:
@@ -84,9 +84,9 @@ def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ..
             out: Path | None) -> None:
     """Run SCENARIO (training or serving) under several variants and/or a sweep: print a
     side-by-side table and write compare.csv, compare.json and compare.html (plotly)."""
-    from sim import output
-    from sim.compare import COLUMNS, SERVING_COLUMNS, format_table, parse_sweep, split_variants
-    from sim.compare import compare as run_compare
+    from sim.runs import rundir as output
+    from sim.runs.compare import columns, format_table, parse_sweep, split_variants
+    from sim.runs.compare import compare as run_compare
 
     variants = split_variants(routers) if routers.strip() else []
     key, _ = parse_sweep(sweep)
@@ -99,8 +99,7 @@ def compare(scenario: Path, routers: str, sweep: str | None, sets: tuple[str, ..
 
     name = load_scenario(scenario, sets).name
     html = comparison(rows, key).to_html(include_plotlyjs="inline", full_html=True)
-    columns = SERVING_COLUMNS if "moe_block_mean_s" in rows[0] else COLUMNS
-    files = {"compare.csv": output.csv_text(rows, [c for c in columns if key or c != "sweep"]),
+    files = {"compare.csv": output.csv_text(rows, columns(rows[0]["kind"], key)),
              "compare.json": rows, "compare.html": html}
     path = output.write_run(out or output.default_run_dir(f"{name}-compare"), files)
     click.echo(f"wrote {', '.join(str(path / f) for f in files)}", err=True)
@@ -122,8 +121,8 @@ def sweep(file: Path, out: Path | None, workers: int | None, scheduler: str | No
     """Run the sweep FILE (a scenario, overrides, a grid, seeds; see README): one row per run
     in sweep.csv, sweep.jsonl, sweep.parquet, a figure in sweep.html. Exit status 1 when a
     run failed (the others still run)."""
-    from sim import output
-    from sim.sweep import format_table, load_sweep_spec, run_sweep
+    from sim.runs import rundir as output
+    from sim.runs.sweep import format_table, load_sweep_spec, run_sweep
 
     spec = load_sweep_spec(file)  # every run validated before anything is written
     out = out or Path("runs") / f"{spec.name}-sweep"
@@ -150,7 +149,7 @@ def solve() -> None:
 
 def _write_answer(out: Path, text: str) -> None:
     """Write ``text`` to ``out`` atomically (a temporary sibling renamed into place)."""
-    from sim import output
+    from sim.runs import rundir as output
 
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -325,9 +324,8 @@ def validate(file: Path) -> None:
     sc = load_scenario(file)
     cluster = _load_cluster(file, sc)
     b = sc.benchmark
-    what = (f"{b.collective}/{b.algorithm}" if b is not None
-            else f"{'serving' if sc.kind == 'serving' else 'training step'}, "
-                 f"{sc.moe.num_experts} experts, router {sc.moe.router.name}")
+    what = (f"{sc.kind}, {b.collective}/{b.algorithm}" if b is not None
+            else f"{sc.kind}, {sc.moe.num_experts} experts, router {sc.moe.router.name}")
     click.echo(f"ok: {file} (scenario {sc.name}: {what} on {cluster.name}, {_size(cluster)})")
 
 

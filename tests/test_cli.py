@@ -12,7 +12,8 @@ import pytest
 
 from sim.cli import main
 from sim.errors import UserError
-from sim.output import format_benchmark_table, write_run
+from sim.runs.benchmark import table as format_benchmark_table
+from sim.runs.rundir import write_run
 from sim.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,9 @@ def test_validate_unknown_topology_names_scenario(tmp_path):
 class FakeCluster:
     name, num_gpus, num_nodes = "fake", 8, 1
 
+    class gpu:  # noqa: N801 (stands in for a GpuSpec)
+        name = "fake_gpu"
+
 
 def fake_results(scenario, cluster):
     b = scenario.benchmark
@@ -181,8 +185,9 @@ def test_run_writes_summary(tmp_path, fake_engine, capsys):
     assert run_main(["run", str(SHIPPED[0]), "--out", str(out),
                      "--set", "benchmark.sizes=[1KiB, 2KiB]"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"scenario", "cluster", "results"}
-    assert summary["cluster"] == {"name": "fake", "gpus": 8, "nodes": 1}
+    assert set(summary) == {"kind", "scenario", "cluster", "results"}
+    assert summary["kind"] == "benchmark"
+    assert summary["cluster"] == {"name": "fake", "gpus": 8, "nodes": 1, "gpu": "fake_gpu"}
     assert summary["scenario"]["benchmark"]["sizes"] == [1024, 2048]
     assert [r["bytes_per_rank"] for r in summary["results"]] == [1024, 2048]
     assert (out / "summary.json").read_text().endswith("}\n")

@@ -27,8 +27,8 @@ def test_run_a2a_dgx_h100(tmp_path):
     proc = moesim("run", SCENARIO, "--out", out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"scenario", "cluster", "results"}
-    assert summary["cluster"] == {"name": "dgx-h100", "gpus": 8, "nodes": 1}
+    assert set(summary) == {"kind", "scenario", "cluster", "results"}
+    assert summary["cluster"] == {"name": "dgx-h100", "gpus": 8, "nodes": 1, "gpu": "h100_sxm"}
     sizes = summary["scenario"]["benchmark"]["sizes"]
     assert sizes == [2**20, 2**22, 2**24, 2**26, 2**28]
     results = summary["results"]

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from sim.compare import compare, parse_sweep, parse_variant, split_variants
 from sim.errors import UserError
+from sim.runs.compare import compare, parse_sweep, parse_variant, split_variants
 from tests.test_cli_run import moesim
 from tests.test_moe_step import BASE
 
@@ -82,7 +82,8 @@ def test_compare_command_writes_table_and_files(small, tmp_path):
     rows = json.loads((out / "compare.json").read_text())
     assert [r["variant"] for r in rows] == ["switch", "switch+ir"]
     csv = (out / "compare.csv").read_text().splitlines()
-    assert csv[0].startswith("variant,step_time_s,speedup") and len(csv) == 3
+    assert csv[0].startswith("kind,variant,speedup,step_time_s") and len(csv) == 3
+    assert all(line.startswith("training,") for line in csv[1:])
     html = (out / "compare.html").read_text()
     assert "plotly" in html.lower() and "switch+ir" in html
 
@@ -102,7 +103,8 @@ def test_compare_bad_input_is_one_line_and_writes_nothing(small, tmp_path, args,
 
 
 def _row(variant, sweep, step, drop):
-    return {"variant": variant, "sweep": sweep, "step_time_s": step, "a2a_fraction": 0.2,
+    return {"kind": "training", "variant": variant, "sweep": sweep, "step_time_s": step,
+            "a2a_fraction": 0.2,
             "drop_fraction": drop, "padding_fraction": 0.1, "local_rectified_fraction": 0.0,
             "a2a_inter_node_bytes": 2e9, "breakdown_s": {"attention": step / 2,
                                                          "dispatch": step / 2, "tp": 0.0}}
@@ -133,12 +135,13 @@ def test_comparison_figure_with_sweep():
 
 
 def test_sweep_lines_one_panel_per_metric_one_line_per_variant():
-    from sim.report.compare import ROUTING_METRICS, sweep_lines
+    from sim.report.compare import panels, sweep_lines
 
     rows = [{**_row(v, cf, 0.01 * cf, 0.5 / cf), "expert_load_imbalance": 1 + cf}
             for cf in (0.5, 1.0, 2.0) for v in ("a", "b")]
     fig = sweep_lines(rows, "moe.moe_expert_capacity_factor")
-    assert len(fig.data) == 2 * len(ROUTING_METRICS)
+    routing = panels("training", "routing")
+    assert len(fig.data) == 2 * len(routing)
     drop = [t for t in fig.data if "dropped" in t.hovertemplate]
     assert [t.name for t in drop] == ["a", "b"]
     assert list(drop[0].x) == [0.5, 1.0, 2.0]
@@ -149,12 +152,12 @@ def test_sweep_lines_one_panel_per_metric_one_line_per_variant():
     assert list(step[0].y) == pytest.approx([5.0, 10.0, 20.0])  # ms
     assert sum(t.showlegend for t in fig.data) == 2
     assert drop[0].line.color == step[0].line.color != drop[1].line.color
-    one = sweep_lines(rows, "x", ROUTING_METRICS[:1])
+    one = sweep_lines(rows, "x", routing[:1])
     assert len(one.data) == 2 and one.layout.xaxis.title.text == "x"
 
 
 def _serving_row(variant, sweep, block_s, mem):
-    return {"variant": variant, "sweep": sweep, "moe_block_mean_s": block_s,
+    return {"kind": "serving", "variant": variant, "sweep": sweep, "moe_block_mean_s": block_s,
             "tokens_per_s": 1.0 / block_s, "latency_p95_s": 100 * block_s,
             "decode_peak_memory_bytes": mem}
 
@@ -165,13 +168,17 @@ def test_serving_figure_names_bars_by_swept_value_and_logs_wide_panels():
     rows = [_serving_row("base", m, b, g * 2**30) for m, b, g in
             (("gpu_only", 0.001, 14), ("on_demand", 0.002, 0.4), ("prefetch_all", 0.1, 5))]
     fig = comparison(rows, "serving.offload.mode")
-    block = fig.data[0]
+    panel = {t.hovertemplate.split("<extra>")[1].split(" (")[0]: (i, t)
+             for i, t in enumerate(fig.data)}
+    i, block = panel["MoE block, decode"]
     assert list(block.x) == ["gpu_only", "on_demand", "prefetch_all"]
     assert list(block.y) == pytest.approx([1.0, 2.0, 100.0])  # ms
     assert len(set(block.marker.color)) == 3  # one colour per mode
-    assert list(fig.data[3].y) == pytest.approx([14, 0.4, 5])  # GiB
-    # block times span 100x: log axis; memory spans 35x: log; nothing else is logged
-    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis4.type == "log"
+    j, memory = panel["peak GPU memory, decode"]
+    assert list(memory.y) == pytest.approx([14, 0.4, 5])  # GiB
+    # block times span 100x: log axis; memory spans 35x: log
+    axis = [fig.layout[f"yaxis{k + 1 if k else ''}"].type for k in range(len(fig.data))]
+    assert axis[i] == axis[j] == "log"
     rows = [_serving_row(v, None, b, 2**30) for v, b in (("a", 0.001), ("b", 0.002))]
     fig = comparison(rows)
     assert list(fig.data[0].x) == ["a", "b"] and fig.layout.yaxis.type != "log"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sim.metrics import catalogue
+from sim.runs import simulate
 from sim.scenario.load import load_scenario
 from sim.topology import load_topology
 
@@ -19,23 +21,12 @@ SLOW = {"moe-deepseek-v3", "smile-p4d"}  # ~1 min or more each: kept out of the 
 
 
 def _result(path: Path):
+    """The summary of the scenario's run (through the run kind registry, as moesim run does)
+    without its inputs (the resolved scenario and the cluster)."""
     sc = load_scenario(path)
     cluster = load_topology(sc.topology.name, sc.topology.overrides)
-    if sc.kind == "training" and sc.placement is not None:
-        from sim.solve.apply import run_with_placement
-
-        return run_with_placement(sc, cluster, str(path)).summary
-    if sc.kind == "training":
-        from sim.moe.run import run_training
-
-        return run_training(sc, cluster, str(path)).summary
-    if sc.kind == "serving":
-        from sim.serving.engine import run_serving
-
-        return run_serving(sc, cluster, str(path)).summary
-    from sim.collectives import run_benchmark
-
-    return {"results": run_benchmark(sc, cluster)}
+    summary = simulate(sc, cluster, str(path), reports=False).summary
+    return {k: v for k, v in summary.items() if k not in ("scenario", "cluster")}
 
 
 def _flat(obj, prefix=""):
@@ -61,6 +52,7 @@ def _params():
 @pytest.mark.parametrize("path", list(_params()))
 def test_scenario_matches_its_golden_summary(path):
     got = json.loads(json.dumps(_result(path)))
+    assert catalogue.unknown_keys(got, got["kind"]) == []  # every key named in the catalogue
     golden = GOLDEN / f"{path.stem}.json"
     if os.environ.get("MOESIM_REGEN_GOLDEN"):
         golden.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")

@@ -9,11 +9,11 @@ import pytest
 
 from sim.errors import UserError
 from sim.inputs import find_file, json_lines, read_json, read_text, read_yaml
+from sim.runs.sweep import load_sweep_spec
 from sim.scenario import find_scenario, load_scenario
 from sim.serving.requests import load_requests
 from sim.solve.pfar import Problem
 from sim.solve.placement import PlacementAnswer, PlacementProblem
-from sim.sweep import load_sweep_spec
 from sim.topology import load_topology
 from sim.workload import load_trace
 

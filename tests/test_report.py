@@ -68,7 +68,8 @@ def run():
         "utilisation": float(rng.uniform(0, 1)),
     } for i in range(60)]
     summary = {
-        "step_time_s": 0.0123456, "tokens_per_s": 1234567.0, "a2a_time_s": 0.004,
+        "kind": "training", "step_time_s": 0.0123456, "tokens_per_s": 1234567.0,
+        "a2a_time_s": 0.004,
         "a2a_fraction": 0.324, "compute_time_s": 0.006, "allreduce_time_s": 0.0002,
         "drop_fraction": 0.0125, "padding_fraction": 0.1, "expert_load_imbalance": 1.37,
         "inter_node_bytes": 3.5e9, "intra_node_bytes": 1.25e8, "n_steps": 3,
@@ -202,16 +203,17 @@ def test_render_report(run):
         assert f'<th scope="row">{header}</th><td>{value}</td>' in page
     assert "step time (ms)" in page and ">12.35<" in page
     assert ">1,234,567<" in page                       # tokens/s
-    assert "inter-node traffic (MB)" in page and ">3500<" in page
-    assert ">n_steps<" in page                        # extra numeric keys are kept
-    assert "breakdown_s" not in page
+    assert "bytes between servers (GB)" in page and ">3.5<" in page
+    assert "n_steps" not in page  # only the catalogue's metrics are shown
+    assert "breakdown_s" not in page and "critical GPU&#x27;s time" not in page
 
 
 def test_summary_rows_units_in_headers(run):
     rows = dict(summary_rows(run[0]))
-    assert rows["all-to-all share of step (%)"] == "32.4"
-    assert rows["dropped tokens (%)"] == "1.25"
-    assert rows["expert load imbalance (max/mean)"] == "1.37"
+    assert rows["All-to-All share of the step (%)"] == "32.4"
+    assert rows["dropped pairs (%)"] == "1.25"
+    assert rows["expert load imbalance"] == "1.37"
+    assert rows["bytes inside servers (GB)"] == "0.125"
 
 
 def test_chrome_trace(run):

@@ -12,8 +12,8 @@ import yaml
 
 from sim.cli import main
 from sim.errors import UserError
-from sim.results import load_run, load_sweep, load_sweep_frame, parse_cell
-from sim.sweep import load_sweep_spec, run_sweep
+from sim.runs.results import load_run, load_sweep, load_sweep_frame, parse_cell
+from sim.runs.sweep import load_sweep_spec, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios" / "moe-switch-h100.yaml"

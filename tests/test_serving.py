@@ -155,7 +155,7 @@ def test_serving_cli_writes_files(tmp_path):
     out = tmp_path / "out"
     proc = moesim("run", path, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "latency  mean" in proc.stdout
+    assert "mean latency" in proc.stdout and "cache hit rate" in proc.stdout
     assert (out / "requests.csv").read_text().startswith("rid,arrival_s")
     assert (out / "steps.csv").exists() and (out / "summary.json").exists()
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from sim.moe.run import run_training
+from sim.runs import simulate
 from sim.scenario.load import load_scenario
-from sim.solve.apply import run_with_placement
 from sim.topology import load_topology
 from tests.test_cli_run import moesim
 from tests.test_moe_step import BASE
@@ -41,7 +41,7 @@ def test_solve_placement_then_run_with_it(scenario, tmp_path):
     placed.write_text(yaml.safe_dump(data))
     sc = load_scenario(placed)
     cl = load_topology("h100-leaf-spine", {"nodes": 2})
-    s = run_with_placement(sc, cl, str(placed)).summary
+    s = simulate(sc, cl, str(placed), reports=False).summary
     assert s["step_time_s"] == run_training(sc, cl, placement=assign).summary["step_time_s"]
     assert s["baseline_step_time_s"] == run_training(sc, cl).summary["step_time_s"]
     assert s["placement_speedup"] == pytest.approx(s["baseline_step_time_s"] / s["step_time_s"])
@@ -49,15 +49,15 @@ def test_solve_placement_then_run_with_it(scenario, tmp_path):
     out = tmp_path / "run"
     proc = moesim("run", placed, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "vs the default placement" in proc.stdout
+    assert "placement speedup" in proc.stdout and "step time, default placement" in proc.stdout
 
 
 def test_scenario_placement_solver_runs_before_the_step(scenario, tmp_path):
     data = {**TRAIN, "placement": {"solver": "greedy"}}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    s = run_with_placement(load_scenario(path), load_topology("h100-leaf-spine", {"nodes": 2}),
-                           str(path)).summary
+    s = simulate(load_scenario(path), load_topology("h100-leaf-spine", {"nodes": 2}),
+                 str(path), reports=False).summary
     assert s["placement"]["solver"] == "greedy" and s["placement"]["objective"] > 0
 
 
@@ -146,7 +146,8 @@ def test_block_placement_needs_experts_divisible_by_gpus():
 
 
 def test_placement_rows_rerun_the_step_with_each_answer(scenario):
-    from sim.solve.apply import placement_problem, placement_rows
+    from sim.runs.placement import placement_rows
+    from sim.solve.apply import placement_problem
     from sim.solve.placement import block_placement, greedy
 
     sc = load_scenario(scenario)
@@ -223,7 +224,8 @@ def test_placement_problem_counts_the_slots_the_step_sends(scenario):
     pairs, so the solver's placement cannot look better than what the step runs."""
     from sim.moe.layout import Layout
     from sim.moe.plan import plan_step
-    from sim.solve.apply import placement_problem, placement_rows
+    from sim.runs.placement import placement_rows
+    from sim.solve.apply import placement_problem
     from sim.solve.placement import block_placement, greedy
 
     sc = load_scenario(scenario, ["moe.moe_expert_capacity_factor=1.0"])

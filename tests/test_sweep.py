@@ -16,9 +16,9 @@ import yaml
 
 from sim.cli import main
 from sim.errors import UserError
-from sim.results import load_sweep
-from sim.sweep import format_table, load_sweep_spec, run_sweep
-from sim.sweep.backends import connect
+from sim.runs.results import load_sweep
+from sim.runs.sweep import format_table, load_sweep_spec, run_sweep
+from sim.runs.sweep.backends import connect
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios" / "moe-switch-h100.yaml"
@@ -98,7 +98,9 @@ def test_runs_crossed_with_grid_and_default_seed(tmp_path):
 
 def test_rows_reflect_the_points(grid_file, local_rows):
     assert [r["run_id"] for r in local_rows] == [r.run_id for r in load_sweep_spec(grid_file).runs]
-    assert list(local_rows[0])[:7] == ["run_id", "status", "error", "seed", CF, ROUTER, "wall_s"]
+    assert list(local_rows[0])[:8] == ["run_id", "status", "error", "kind", "seed", CF, ROUTER,
+                                       "wall_s"]
+    assert {r["kind"] for r in local_rows} == {"training"}
     for r in local_rows:
         assert r["status"] == "ok" and r["error"] is None and r["wall_s"] > 0
         assert r["cluster.gpus"] == 8 and r["step_time_s"] > 0 and "breakdown_s.expert" in r
@@ -129,8 +131,9 @@ def test_in_process_run_gives_the_same_rows(grid_file, local_rows, tmp_path):
 
 
 def test_sweep_imports_dask_and_plotly_only_when_used():
-    code = ("import sys, sim.sweep, sim.results; print(','.join(m for m in ('distributed', "
-            "'dask', 'plotly', 'pandas', 'pyarrow', 'sim.moe.run') if m in sys.modules))")
+    code = ("import sys, sim.runs.sweep, sim.runs.results; print(','.join(m for m in "
+            "('distributed', 'dask', 'plotly', 'pandas', 'pyarrow', 'sim.moe.run') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -176,11 +176,13 @@ def layer_rows(inp: StepInputs, times) -> list[dict]:
 
 
 def link_rows(cluster: Cluster, fabric: Fabric, step_s: float) -> list[dict]:
-    """One row per directed link: bytes carried in the step and mean utilisation."""
+    """One row per directed link, named by its ends (``n0.g3 -> n0.nvswitch``): bytes carried
+    in the step and mean utilisation."""
     links, names = cluster.links, cluster.node_names
     carried = fabric.stats.link_bytes
     util = carried / (links.capacity_Bps * step_s) if step_s > 0 else carried * 0
-    return [{"link": i, "src": str(names[links.src[i]]), "dst": str(names[links.dst[i]]),
+    return [{"link": i, "name": f"{names[links.src[i]]} -> {names[links.dst[i]]}",
+             "src": str(names[links.src[i]]), "dst": str(names[links.dst[i]]),
              "tier": str(links.tier[i]),
              "capacity_gbps": bytes_per_s_to_gbps(float(links.capacity_Bps[i])),
              "bytes": float(carried[i]), "utilisation": float(util[i])}

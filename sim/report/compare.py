@@ -1,4 +1,5 @@
-"""Figure of a router comparison (``moesim compare``): rows from :func:`sim.compare.compare`."""
+"""Figure of a comparison (``moesim compare``): rows from :func:`sim.runs.compare.compare`;
+panels, labels and units from the metric catalogue (its ``figure`` view)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,16 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sim.metrics import catalogue
+from sim.metrics.records import CATEGORIES
 from sim.report.plots import category_colour, line_colour, ordered_categories
 
-_PANELS = (("step_time_s", "step time (ms)", 1e3), ("a2a_fraction", "All-to-All share (%)", 100),
-           ("drop_fraction", "dropped (%)", 100),
-           ("a2a_inter_node_bytes", "All-to-All inter-node (GB)", 1e-9))
-_SWEEP_PANELS = _PANELS[:3] + (("padding_fraction", "padding (%)", 100),
-                               ("local_rectified_fraction", "rectified on own GPU (%)", 100),
-                               _PANELS[3])
-
-
-_SERVING_PANELS = (("moe_block_mean_s", "MoE block, decode (ms)", 1e3),
-                   ("tokens_per_s", "throughput (tokens/s)", 1.0),
-                   ("latency_p95_s", "p95 latency (s)", 1.0),
-                   ("decode_peak_memory_bytes", "decode peak memory (GiB)", 2.0**-30))
 _LOG_SPAN = 20.0  # a serving panel whose values span more than this factor gets a log axis
+
+
+def panels(kind: str, name: str = "figure") -> list[tuple[str, str, float]]:
+    """(row key, axis title with unit, scale) of the catalogue's metrics in view ``name``."""
+    return [(m.key, m.heading, m.scale) for m in catalogue.view(kind, name)]
 
 
 def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figure:
@@ -29,24 +25,28 @@ def comparison(rows: Sequence[Mapping], sweep_key: str | None = None) -> go.Figu
     fraction and inter-node bytes. With a sweep: each metric against the swept value, one line
     per variant."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    if rows and "moe_block_mean_s" in rows[0]:
+    kind = rows[0]["kind"] if rows else "training"
+    if kind == "serving":
         return _serving(rows, variants, sweep_key)
+    figure = panels(kind)
     if sweep_key:
-        fig = sweep_lines(rows, sweep_key, _SWEEP_PANELS, cols=2)
-        fig.update_layout(title="Routing variants against " + sweep_key, height=900)
+        fig = sweep_lines(rows, sweep_key, figure, cols=2)
+        fig.update_layout(title="Routing variants against " + sweep_key,
+                          height=300 * -(-len(figure) // 2))
         return fig
-    titles = ["step time (ms), slowest GPU"] + [p[1] for p in _PANELS[1:]]
-    fig = make_subplots(rows=1, cols=4, column_widths=[0.4, 0.2, 0.2, 0.2], subplot_titles=titles)
-    cats = ordered_categories({c for r in rows for c in r.get("breakdown_s", {})})
-    for cat in cats:
+    others = figure[1:]  # the first (the step time) is the stacked breakdown
+    titles = [f"{figure[0][1]}, slowest GPU"] + [p[1] for p in others]
+    fig = make_subplots(rows=1, cols=1 + len(others),
+                        column_widths=[0.4] + [0.6 / len(others)] * len(others),
+                        subplot_titles=titles)
+    for cat in ordered_categories(CATEGORIES):  # every category has its legend entry
         ms = [r.get("breakdown_s", {}).get(cat, 0.0) * 1e3 for r in rows]
-        if any(ms):
-            fig.add_trace(go.Bar(x=variants, y=ms, name=cat, marker_color=category_colour(cat),
-                                 hovertemplate=f"{cat}: %{{y:.3f}} ms<extra></extra>"),
-                          row=1, col=1)
-    for j, (key, title, scale) in enumerate(_PANELS[1:], start=2):
-        fig.add_trace(go.Bar(x=variants, y=[r[key] * scale for r in rows], showlegend=False,
-                             marker_color="#888",
+        fig.add_trace(go.Bar(x=variants, y=ms, name=cat, marker_color=category_colour(cat),
+                             hovertemplate=f"{cat}: %{{y:.3f}} ms<extra></extra>"),
+                      row=1, col=1)
+    for j, (key, title, scale) in enumerate(others, start=2):
+        fig.add_trace(go.Bar(x=variants, y=[(r.get(key) or 0.0) * scale for r in rows],
+                             showlegend=False, marker_color="#888",
                              hovertemplate=f"%{{y:.4g}}<extra>{title}</extra>"), row=1, col=j)
     fig.update_layout(title="Routing variants", barmode="stack", height=420,
                       legend_title_text="category")
@@ -58,13 +58,16 @@ def _serving(rows: Sequence[Mapping], variants: list, sweep_key: str | None) -> 
     printed on it. With a single variant and a sweep the bars are named and coloured by the
     swept value. A panel whose values span more than ``_LOG_SPAN`` x gets a log axis, so that
     one very slow run (e.g. ``prefetch_all``) does not flatten the others."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in _SERVING_PANELS])
+    figure = panels("serving")
+    cols = 2
+    fig = make_subplots(rows=-(-len(figure) // cols), cols=cols,
+                        subplot_titles=[p[1] for p in figure])
     by_value = bool(sweep_key) and len(variants) == 1
     labels = [str(r["sweep"]) if by_value else
               f"{r['variant']}" + (f" {r['sweep']}" if sweep_key else "") for r in rows]
     colours = [line_colour(i if by_value else variants.index(r["variant"]))
                for i, r in enumerate(rows)]
-    for j, (key, title, scale) in enumerate(_SERVING_PANELS):
+    for j, (key, title, scale) in enumerate(figure):
         y = [float(r[key]) * scale for r in rows]
         fig.add_trace(go.Bar(x=labels, y=y, showlegend=False, marker_color=colours,
                              text=[f"{v:.3g}" for v in y], textposition="outside",
@@ -80,19 +83,15 @@ def _serving(rows: Sequence[Mapping], variants: list, sweep_key: str | None) -> 
     return fig
 
 
-#: What a routing policy costs: (row key, axis title with unit, scale from the row's SI value).
-ROUTING_METRICS = (("drop_fraction", "dropped tokens (%)", 100),
-                   ("expert_load_imbalance", "expert load imbalance (max/mean)", 1.0),
-                   ("step_time_s", "step time (ms)", 1e3))
-
-
 def sweep_lines(rows: Sequence[Mapping], sweep_key: str,
-                metrics: Sequence[tuple[str, str, float]] = ROUTING_METRICS,
+                metrics: Sequence[tuple[str, str, float]] | None = None,
                 cols: int | None = None) -> go.Figure:
     """Each metric against the swept value (``row["sweep"]``), one line per variant, one panel
-    per metric; ``metrics`` are (row key, axis title with unit, scale). A variant keeps its
+    per metric; ``metrics`` are (row key, axis title with unit, scale), by default what a
+    routing policy costs (the catalogue's ``routing`` view of training). A variant keeps its
     colour (its order of first appearance) and has one legend entry; ``cols`` panels per row
     (default: all in one row)."""
+    metrics = panels("training", "routing") if metrics is None else metrics
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     cols = cols or len(metrics)
     nrows = -(-len(metrics) // cols)

@@ -10,25 +10,10 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from sim.metrics import catalogue
 from sim.metrics.records import Span
 from sim.report import plots
 from sim.report.links import link_heatmap
-
-#: Summary keys shown first, with their header (unit in brackets) and scale factor.
-SUMMARY_FIELDS: tuple[tuple[str, str, float], ...] = (
-    ("step_time_s", "step time (ms)", 1e3),
-    ("tokens_per_s", "throughput (tokens/s)", 1.0),
-    ("a2a_time_s", "all-to-all time (ms)", 1e3),
-    ("a2a_fraction", "all-to-all share of step (%)", 100.0),
-    ("compute_time_s", "compute time (ms)", 1e3),
-    ("tp_time_s", "tensor-parallel comm. time (ms)", 1e3),
-    ("allreduce_time_s", "AllReduce time (ms)", 1e3),
-    ("drop_fraction", "dropped tokens (%)", 100.0),
-    ("padding_fraction", "padding (%)", 100.0),
-    ("expert_load_imbalance", "expert load imbalance (max/mean)", 1.0),
-    ("inter_node_bytes", "inter-node traffic (MB)", 1e-6),
-    ("intra_node_bytes", "intra-node traffic (MB)", 1e-6),
-)
 
 #: ``div`` ids of the figures, in page order.
 FIGURE_IDS = ("fig-step-breakdown", "fig-expert-load", "fig-link-utilisation", "fig-link-heatmap",
@@ -44,33 +29,12 @@ section.figure { margin-bottom: 2em; }
 """
 
 
-def format_number(value: float) -> str:
-    """Compact, readable number: 4 significant digits, thousands separators for big values."""
-    v = float(value)
-    if v != v:  # NaN
-        return "nan"
-    if v != 0 and abs(v) >= 1e4:
-        return f"{v:,.0f}"
-    return f"{v:.4g}"
-
-
 def summary_rows(summary: Mapping) -> list[tuple[str, str]]:
-    """(header with unit, formatted value) rows of the summary table.
-
-    Known keys come first in SUMMARY_FIELDS order, converted to their display unit; other
-    numeric keys follow under their own name; non-numeric values (e.g. ``breakdown_s``) are left
-    out (the breakdown has its own figure).
-    """
-    rows: list[tuple[str, str]] = []
-    known = {key for key, _, _ in SUMMARY_FIELDS}
-    for key, header, scale in SUMMARY_FIELDS:
-        if key in summary:
-            rows.append((header, format_number(float(summary[key]) * scale)))
-    for key, value in summary.items():
-        if key in known or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        rows.append((key, format_number(value)))
-    return rows
+    """(label with unit, formatted value) rows of the summary table: the metrics of the
+    catalogue's ``report`` view that the summary has, in catalogue order, in their display
+    units (``kind`` says whose; training when absent)."""
+    kind = summary.get("kind", "training")
+    return [(m.heading, value) for m, value in catalogue.rows(summary, kind, "report")]
 
 
 def _table(summary: Mapping) -> str:
@@ -78,7 +42,7 @@ def _table(summary: Mapping) -> str:
         f'<tr><th scope="row">{_html.escape(h)}</th><td>{_html.escape(v)}</td></tr>'
         for h, v in summary_rows(summary)
     )
-    head = "<tr><th>quantity (unit)</th><th>value</th></tr>"
+    head = "<tr><th>quantity (unit)</th><th>value</th></tr>"  # labels from the catalogue
     return f'<table class="summary">\n{head}\n{body}\n</table>'
 
 

@@ -2,7 +2,7 @@
 
 Inputs are plain data: the (layers, experts) token loads of a placement problem, the
 (layers, experts) GPU index of each expert per placement, and the flat rows of
-``sim.solve.apply.placement_rows``. Nothing here imports a solver.
+``sim.runs.placement.placement_rows``. Nothing here imports a solver.
 """
 
 from __future__ import annotations

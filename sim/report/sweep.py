@@ -1,4 +1,4 @@
-"""Figure of a sweep table (``moesim sweep``): rows as from :func:`sim.results.load_sweep`."""
+"""Figure of a sweep table (``moesim sweep``): rows as from :func:`sim.runs.results.load_sweep`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from statistics import mean
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sim.metrics import catalogue
 from sim.report.plots import line_colour
-from sim.sweep.table import METRICS, kind_of
 
 
 def _numeric(values: Sequence) -> bool:
@@ -21,18 +21,20 @@ def _label(row: Mapping, fields: Sequence[str]) -> str:
 
 
 def sweep_figure(rows: Sequence[Mapping], fields: Sequence[str] = ()) -> go.Figure:
-    """The main metrics of the run kind (training: step time, tokens/s, A2A share, drops;
-    serving: throughput and latencies; benchmark: time and busbw at the largest size) against
+    """The metrics of the catalogue's ``sweep`` view for the run kind (training: step time,
+    tokens/s, A2A share, drops; serving: throughput and latencies; benchmark: time and busbw at
+    the largest size) against
     the first swept field, one line per value of the other fields. With several seeds a marker
     is their mean and the error bar spans their minimum to maximum. Failed runs are left out.
     """
     ok = [r for r in rows if r.get("status") == "ok"]
-    kind = kind_of(ok)
+    kind = next((r["kind"] for r in ok if r.get("kind")), None)
     fig = go.Figure()
     if kind is None:
         return fig.update_layout(title="Sweep: no successful run to plot")
     x_field = fields[0] if fields else "seed"
-    panels = [m for m in METRICS[kind] if any(r.get(m[0]) is not None for r in ok)]
+    panels = [(m.key, m.heading, m.scale) for m in catalogue.view(kind, "sweep")
+              if any(r.get(m.key) is not None for r in ok)]
     cols = 2 if len(panels) > 1 else 1
     fig = make_subplots(rows=(len(panels) + 1) // 2, cols=cols,
                         subplot_titles=[p[1] for p in panels])

@@ -1,10 +1,7 @@
-"""Solver answers feeding back into runs, and the solver entry points the CLI calls.
-
-A training scenario with ``placement: {file: ...}`` or ``placement: {solver: ...}`` is run twice:
-once with the default block placement (the baseline) and once with the solver's placement; the
-summary gains ``baseline_step_time_s``, ``placement_speedup`` and ``placement`` (where the
-answer came from, its objective and status).
-"""
+"""The solver entry points the CLI and runs call: problems built from a scenario, solved by
+name, and a scenario's own ``placement:`` resolved to an answer. Solvers build problems and
+return answers; running a step with an answer is the training run kind's
+(``sim.runs.training``)."""
 
 from __future__ import annotations
 
@@ -122,38 +119,3 @@ def resolve_placement(scenario, cluster, source: str = "") -> tuple[np.ndarray, 
     return np.asarray(answer.assign), {"solver": pl.solver, "status": answer.status,
                                        "objective": answer.cost["total"],
                                        "gap": answer.gap, "wall_s": answer.wall_s}
-
-
-def run_with_placement(scenario, cluster, source: str = "", progress=None):
-    """Run a training scenario with its ``placement`` and without; the placed run's result
-    with the comparison added to its summary."""
-    from sim.moe.run import run_training
-
-    assign, info = resolve_placement(scenario, cluster, source)
-    baseline = run_training(scenario, cluster, source).summary["step_time_s"]
-    result = run_training(scenario, cluster, source, progress, placement=assign)
-    step = result.summary["step_time_s"]
-    result.summary.update(baseline_step_time_s=baseline,
-                          placement_speedup=baseline / step if step else 0.0, placement=info)
-    return result
-
-
-def placement_rows(scenario, cluster, answers) -> list[dict]:
-    """Run the training step of ``scenario`` once per placement answer (``{name: answer}``);
-    one flat row each, in order: ``placement`` (the name), ``solver``, ``status``, the
-    objective terms (``dispatch_s``, ``interlayer_s``, ``balance_s``, ``total_s``, seconds
-    when the problem came from ``placement_problem``), ``bound_s`` and ``gap`` (None when
-    unknown), ``wall_s`` (solve time), ``step_time_s`` (the simulated step with that placement
-    on every expert-parallel group) and ``speedup`` (the first row's step / this step)."""
-    from sim.moe.run import run_training
-
-    rows = []
-    for name, a in answers.items():
-        step = run_training(scenario, cluster, placement=np.asarray(a.assign)).summary
-        row = {"placement": name, "solver": a.solver, "status": a.status}
-        row.update({f"{k}_s": float(v) for k, v in a.cost.items()})
-        row.update(bound_s=a.bound, gap=a.gap, wall_s=a.wall_s,
-                   step_time_s=float(step["step_time_s"]))
-        row["speedup"] = rows[0]["step_time_s"] / row["step_time_s"] if rows else 1.0
-        rows.append(row)
-    return rows

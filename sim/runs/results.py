@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    from sim.results import load_run, load_sweep
+    from sim.runs.results import load_run, load_sweep
     run = load_run("runs/moe-switch-h100-20260101-120000")
     run.summary["step_time_s"], run.table("layers")[0]["dispatch_s"]
     rows = load_sweep("runs/switch-capacity")        # list of dicts, one per run
@@ -21,8 +21,12 @@ from typing import Any
 
 from sim.errors import UserError
 
-#: The tables a run directory may hold (training: layers, links; serving: requests, steps).
-TABLES = ("layers", "links", "requests", "steps")
+def tables() -> list[str]:
+    """The tables a run directory may hold: every run kind's (training: layers, links;
+    serving: requests, steps)."""
+    from sim.runs.kinds import RUN_KINDS
+
+    return [t for name in RUN_KINDS.names() for t in RUN_KINDS.get(name).tables]
 _SWEEP_FILES = ("sweep.jsonl", "sweep.csv", "sweep.parquet")
 
 
@@ -71,7 +75,7 @@ class Run:
     @property
     def tables(self) -> list[str]:
         """Names of the tables present (``layers``, ``links``, ``requests``, ``steps``)."""
-        return [t for t in TABLES if (self.path / f"{t}.csv").is_file()]
+        return [t for t in tables() if (self.path / f"{t}.csv").is_file()]
 
     def table(self, name: str) -> list[dict]:
         """Table ``name`` (with or without ``.csv``) as a list of dicts, numbers parsed and
@@ -90,10 +94,9 @@ class Run:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable: {e}") from None
+    from sim.inputs import read_json
+
+    return read_json(path)
 
 
 def load_run(path: str | Path) -> Run:
@@ -112,7 +115,7 @@ def load_run(path: str | Path) -> Run:
 
 def _sweep_dir_rows(path: Path) -> list[dict]:
     """Rows from every finished run of a sweep directory (its row.json files), in run order."""
-    from sim.sweep.table import normalise
+    from sim.runs.sweep.table import normalise
 
     info = _read_json(path / "sweep.json")
     rows = [_read_json(p / "row.json") for p in sorted((path / "runs").glob("[!.]*"))
@@ -133,11 +136,9 @@ def load_sweep(path: str | Path) -> list[dict]:
         raise UserError(f"{path}: no such sweep directory or table (expected a directory of "
                         f"moesim sweep or one of {', '.join(_SWEEP_FILES)})")
     if path.suffix == ".jsonl":
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: unreadable: {e}") from None
+        from sim.inputs import json_lines, read_text
+
+        return [row for _, row in json_lines(read_text(path), str(path))]
     if path.suffix == ".csv":
         return read_csv(path)
     if path.suffix == ".parquet":

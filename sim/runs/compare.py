@@ -26,23 +26,9 @@ from pathlib import Path
 import yaml
 
 from sim.errors import UserError
+from sim.metrics import catalogue
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w-]*)((?:\+[A-Za-z]+)*)\s*(?:\((.*)\))?\s*$")
-
-#: Columns of a comparison row, in print order (summary fields keep their names).
-COLUMNS = ("variant", "sweep", "step_time_s", "speedup", "tokens_per_s", "a2a_time_s",
-           "a2a_fraction", "drop_fraction", "no_expert_fraction", "padding_fraction",
-           "local_rectified_fraction", "fill_in_fraction", "node_local_fraction",
-           "expert_load_imbalance", "a2a_inter_node_bytes", "inter_node_bytes",
-           "intra_node_bytes", "smile_node_balance", "smile_gpu_balance")
-
-
-#: Columns of a serving comparison row.
-SERVING_COLUMNS = ("variant", "sweep", "speedup", "tokens_per_s", "moe_block_mean_s",
-                   "latency_mean_s", "latency_p50_s", "latency_p95_s", "ttft_mean_s",
-                   "normalized_latency_mean_s", "unique_experts_per_batch", "cache_hit_rate",
-                   "expert_copies", "decode_peak_memory_bytes", "peak_memory_bytes")
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -130,16 +116,27 @@ def parse_sweep(text: str | None) -> tuple[str | None, list]:
     return key.strip(), values
 
 
+def columns(kind: str, sweep_key: str | None = None) -> list[str]:
+    """The columns of a comparison row of ``kind`` (compare.csv): kind, variant, the swept
+    value (with a sweep), speedup, then the catalogue's ``compare`` metrics."""
+    metrics = [m.key for m in catalogue.view(kind, "compare") if m.key != "kind"]
+    return ["kind", "variant", *(["sweep"] if sweep_key else []), "speedup", *metrics]
+
+
 def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
             sweep: str | None = None, cluster_of: Callable | None = None,
             progress: Callable | None = None) -> list[dict]:
-    """Run every (sweep value, variant); one row per run with the COLUMNS fields + breakdown.
+    """Run every (sweep value, variant) through :func:`sim.runs.simulate` (as ``moesim run``
+    does, so every scenario field, ``placement:`` included, means the same); one row per run:
+    ``kind``, ``variant``, ``sweep``, ``speedup`` (on the kind's main metric, against the first
+    variant of the same sweep value), the catalogue's ``compare`` metrics and, for training,
+    ``breakdown_s``.
 
     Every scenario is loaded and validated before the first run, so a bad variant fails fast.
     ``cluster_of(scenario)`` builds the cluster (default: the scenario's topology)."""
-    from sim.moe.run import run_training
+    from sim.runs.kinds import RUN_KINDS
+    from sim.runs.simulate import simulate
     from sim.scenario import load_scenario, topology_overrides
-    from sim.serving.engine import run_serving
     from sim.topology import load_topology
 
     key, values = parse_sweep(sweep)
@@ -149,25 +146,20 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
         extra = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"] if key else []
         for v in variants:
             sc = load_scenario(path, [*sets, *v.overrides(), *extra])
-            if sc.kind == "benchmark":
+            if not RUN_KINDS.get(sc.kind).comparable:
                 raise UserError(f"{path}: compare needs a training or serving scenario "
-                                "(model: and moe:)")
+                                f"(model: and moe:), not a {sc.kind}")
             plans.append((value, v, sc))
     rows, base = [], {}
     for i, (value, v, sc) in enumerate(plans):
         cluster = (cluster_of or (lambda s: load_topology(*topology_overrides(s))))(sc)
-        if sc.kind == "serving":
-            s = run_serving(sc, cluster, str(path)).summary
-            base.setdefault(repr(value), s["tokens_per_s"])
-            row = {"variant": v.label, "sweep": value, "speedup":
-                   s["tokens_per_s"] / base[repr(value)] if base[repr(value)] else 0.0}
-            row.update({c: s.get(c) for c in SERVING_COLUMNS if c not in row})
-        else:
-            s = run_training(sc, cluster, str(path)).summary
-            base.setdefault(repr(value), s["step_time_s"])
-            row = {"variant": v.label, "sweep": value,
-                   "speedup": base[repr(value)] / s["step_time_s"] if s["step_time_s"] else 0.0}
-            row.update({c: s.get(c) for c in COLUMNS if c not in row})
+        s = simulate(sc, cluster, str(path), reports=False).summary
+        main = catalogue.main_metric(sc.kind).key
+        base.setdefault(repr(value), s[main])
+        row = {"kind": sc.kind, "variant": v.label, "sweep": value,
+               "speedup": catalogue.speedup(sc.kind, base[repr(value)], s[main])}
+        row.update({c: s.get(c) for c in columns(sc.kind, key) if c not in row})
+        if "breakdown_s" in s:
             row["breakdown_s"] = s["breakdown_s"]
         rows.append(row)
         if progress is not None:
@@ -176,45 +168,26 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
 
 
 def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
-    """A fixed-width table of the rows for the terminal."""
-    if rows and "tokens_per_s" in rows[0] and "step_time_s" not in rows[0]:
-        return _serving_table(rows, sweep_key)
-    head = ["step ms", "speedup", "A2A %", "drop %", "no-exp %", "pad %", "IR %", "FR %",
-            "local %", "imbal", "A2A inter GB"]
-    width = max([len("variant")] + [len(str(r["variant"])) for r in rows])
-    sweep_w = max([len(sweep_key or "")] + [len(str(r["sweep"])) for r in rows])
-    lines = ["  ".join(["variant".ljust(width)] + ([sweep_key.rjust(sweep_w)] if sweep_key else [])
-                       + [h.rjust(9) for h in head[:-1]] + [head[-1].rjust(12)])]
-    for r in rows:
-        cells = [str(r["variant"]).ljust(width)]
-        if sweep_key:
-            cells.append(str(r["sweep"]).rjust(sweep_w))
-        cells += [f"{r['step_time_s'] * 1e3:9.3f}", f"{r['speedup']:8.3f}x",
-                  f"{r['a2a_fraction'] * 100:9.1f}", f"{r['drop_fraction'] * 100:9.2f}",
-                  f"{r['no_expert_fraction'] * 100:9.2f}",
-                  f"{r['padding_fraction'] * 100:9.2f}",
-                  f"{r['local_rectified_fraction'] * 100:9.2f}",
-                  f"{r['fill_in_fraction'] * 100:9.2f}", f"{r['node_local_fraction'] * 100:9.1f}",
-                  f"{r['expert_load_imbalance']:9.2f}",
-                  f"{r['a2a_inter_node_bytes'] / 1e9:12.3f}"]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
-def _serving_table(rows: Sequence[dict], sweep_key: str | None) -> str:
-    head = ["variant"] + ([sweep_key] if sweep_key else []) + [
-        "block ms", "speedup", "tok/s", "lat s", "p95 s", "ttft s", "experts", "hit %",
-        "mem GiB"]
-    width = max([len(head[0])] + [len(str(r["variant"])) for r in rows])
-    lines = ["  ".join([head[0].ljust(width)] + [h.rjust(9) for h in head[1:]])]
-    for r in rows:
-        cells = [str(r["variant"]).ljust(width)]
-        if sweep_key:
-            cells.append(str(r["sweep"]).rjust(9))
-        cells += [f"{r['moe_block_mean_s'] * 1e3:9.3f}", f"{r['speedup']:8.3f}x",
-                  f"{r['tokens_per_s']:9.1f}", f"{r['latency_mean_s']:9.3f}",
-                  f"{r['latency_p95_s']:9.3f}", f"{r['ttft_mean_s']:9.3f}",
-                  f"{r['unique_experts_per_batch']:9.2f}", f"{r['cache_hit_rate'] * 100:9.1f}",
-                  f"{r['decode_peak_memory_bytes'] / 2**30:9.3f}"]
-        lines.append("  ".join(cells))
+    """A fixed-width table of the rows for the terminal: variant, the swept value, then the
+    catalogue's ``compare`` metrics in their display units, speedup after the main one."""
+    if not rows:
+        return ""
+    kind = rows[0]["kind"]
+    main = catalogue.main_metric(kind)
+    heads: list[tuple[str, Callable]] = [("variant", lambda r: str(r["variant"]))]
+    if sweep_key:
+        heads.append((sweep_key, lambda r: str(r["sweep"])))
+    for m in catalogue.view(kind, "compare"):
+        if m.key == "kind":
+            continue
+        heads.append((m.short or m.heading, lambda r, m=m: m.format(r.get(m.key))))
+        if m is main:
+            heads.append(("speedup", lambda r: f"{r['speedup']:.3f}x"))
+    cells = [[get(r) for _, get in heads] for r in rows]
+    widths = [max(len(h), *(len(c[j]) for c in cells)) for j, (h, _) in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) if j == 0 else h.rjust(w)
+                       for j, ((h, _), w) in enumerate(zip(heads, widths, strict=True)))]
+    for c in cells:
+        lines.append("  ".join(x.ljust(w) if j == 0 else x.rjust(w)
+                               for j, (x, w) in enumerate(zip(c, widths, strict=True))))
     return "\n".join(lines)

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim import __version__, output
+from sim import __version__
+from sim.runs import rundir as output
 from sim.errors import UserError
-from sim.sweep.backends import connect
-from sim.sweep.spec import SweepSpec
-from sim.sweep.table import normalise, write_tables
+from sim.runs.sweep.backends import connect
+from sim.runs.sweep.spec import SweepSpec
+from sim.runs.sweep.table import normalise, write_tables
 
 SWEEP_JSON = "sweep.json"
 RUNS = "runs"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sim.errors import UserError
-from sim.sweep.execute import execute, one_line
+from sim.runs.sweep.execute import execute, one_line
 
 #: Seconds to wait for a Dask scheduler before giving up.
 CONNECT_TIMEOUT_S = 10.0

@@ -13,34 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sim import output
+from sim.metrics import catalogue
+from sim.runs import rundir as output
 
-LEAD = ("run_id", "status", "error", "seed")
-
-#: Per kind of run: (column, label, scale to the label's unit); the first is the main metric.
-METRICS: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "training": (("step_time_s", "step time (ms)", 1e3), ("tokens_per_s", "tokens/s", 1.0),
-                 ("a2a_fraction", "All-to-All share (%)", 100.0),
-                 ("drop_fraction", "dropped (%)", 100.0)),
-    "serving": (("tokens_per_s", "throughput (tokens/s)", 1.0),
-                ("latency_mean_s", "mean latency (s)", 1.0),
-                ("latency_p95_s", "p95 latency (s)", 1.0),
-                ("ttft_mean_s", "time to first token (s)", 1.0)),
-    "benchmark": (("time_s", "time at the largest size (us)", 1e6),
-                  ("busbw_gbps", "busbw at the largest size (GB/s)", 1 / 8)),
-}
-_KIND_COLUMN = {"step_time_s": "training", "latency_mean_s": "serving",
-                "busbw_gbps": "benchmark"}
-
+LEAD = ("run_id", "status", "error", "kind", "seed")
 
 def kind_of(rows: Sequence[Mapping]) -> str | None:
-    """``training``, ``serving`` or ``benchmark`` from the first successful row's columns."""
-    for r in rows:
-        if r.get("status") == "ok":
-            for column, kind in _KIND_COLUMN.items():
-                if r.get(column) is not None:
-                    return kind
-    return None
+    """The run kind of the rows (every row carries ``kind``), None without rows."""
+    return next((r["kind"] for r in rows if r.get("kind")), None)
 
 
 def columns(rows: Sequence[Mapping], fields: Sequence[str] = ()) -> list[str]:
@@ -105,7 +85,8 @@ def write_tables(out_dir: Path, rows: Sequence[Mapping], fields: Sequence[str] =
 def format_table(rows: Sequence[Mapping]) -> str:
     """run_id, status and the main metric (or the error) of each run, for the terminal."""
     kind = kind_of(rows)
-    column, label, scale = METRICS[kind][0] if kind else ("", "", 1.0)
+    main = catalogue.main_metric(kind) if kind else None
+    column, label, scale = (main.key, main.heading, main.scale) if main else ("", "", 1.0)
     width = max([len("run_id")] + [len(r["run_id"]) for r in rows])
     lines = [f"{'run_id':<{width}}  status  {label}"]
     for r in rows:

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sim.errors import UserError
-from sim.output import to_json
+from sim.metrics import catalogue
+from sim.runs.rundir import to_json
 from sim.units import format_bytes
 
 #: Summary keys that do not go into a row (the resolved scenario is in summary.json).
@@ -49,7 +50,8 @@ def _scalar(value: Any) -> bool:
 
 
 def _benchmark_columns(results: list[Mapping]) -> dict:
-    metrics = ("time_s", "algbw_gbps", "busbw_gbps")
+    metrics = [m.key for m in catalogue.METRICS
+               if m.within == "results" and m.better is not None]  # measured, not labels
     row: dict = {}
     for r in results:
         row.update({f"{m}@{format_bytes(r['bytes_per_rank'])}": r[m] for m in metrics})
@@ -73,7 +75,7 @@ def execute(run: Any) -> dict:
     then the flat summary. ``files``: the run directory's files (summary.json, CSVs; on failure
     error.txt with the traceback). ``meta``: when and where it ran and how it was made.
     """
-    from sim.simulate import simulate
+    from sim.runs.simulate import simulate
 
     started = datetime.now(UTC).isoformat(timespec="milliseconds")
     t0 = time.perf_counter()
@@ -86,8 +88,8 @@ def execute(run: Any) -> dict:
         files = {"error.txt": error + "\n" if isinstance(e, UserError)
                  else traceback.format_exc()}
     wall = time.perf_counter() - t0
-    row = {"run_id": run.run_id, "status": status, "error": error, "seed": run.seed,
-           **run.point, "wall_s": wall}
+    row = {"run_id": run.run_id, "status": status, "error": error, "kind": run.scenario.kind,
+           "seed": run.seed, **run.point, "wall_s": wall}
     row.update((k, v) for k, v in flat.items() if k not in row)
     meta = {"run_id": run.run_id, "scenario": run.source, "sets": list(run.sets),
             "started_at": started, "wall_s": wall, "host": socket.gethostname(),
