@@ -379,3 +379,33 @@ def test_replay_hit_rate_classic():
 def test_replay_accepts_generators():
     stats = replay(({k} for k in CLASSIC), 4, "belady")
     assert stats.misses == 6
+
+
+def test_an_overflowing_step_serves_every_key_then_keeps_the_capacity():
+    cache = ExpertCache(2, "lru", overflow=True)
+    assert cache.step([1, 2, 3]) == ([], [1, 2, 3])
+    assert cache.resident == {2, 3} and cache.evicted == (1,)  # oldest inserted goes first
+    assert cache.step([3, 4]) == ([3], [4])
+    assert cache.resident == {3, 4}
+    nothing = ExpertCache(0, "lru", overflow=True)  # working buffers only
+    assert nothing.step([5, 6]) == ([], [5, 6]) and len(nothing) == 0
+    assert nothing.step([5]) == ([], [5]) and (nothing.hits, nothing.misses) == (0, 3)
+    with pytest.raises(UserError, match="capacity must be an integer >= 1"):
+        ExpertCache(0, "lru")
+
+
+def test_online_belady_asks_the_oracle_only_when_it_evicts():
+    asked = []
+
+    def far(key):
+        asked.append(key)
+        return {1: 5.0, 2: float("inf"), 3: 1.0}.get(key, 0.0)
+
+    cache = ExpertCache(2, "belady", online=True)
+    cache.step([1, 2], next_use=far)
+    assert asked == []  # room left: nothing to evict, no question
+    cache.step([3], next_use=far)
+    assert cache.resident == {1, 3} and sorted(asked) == [1, 2]  # 2 is never needed again
+    with pytest.raises(UserError, match="online belady needs next_use"):
+        cache.step([1])
+    assert 1 in cache and 2 not in cache and len(cache) == 2

@@ -34,6 +34,7 @@ def test_every_key_is_named_once_with_a_known_unit_and_views():
         assert m.description.endswith("."), m.key
     for kind in catalogue.KINDS:
         assert catalogue.main_metric(kind).better is not None
+        assert all(m.short for m in catalogue.view(kind, "compare") if m.key != "kind")
         assert catalogue.view(kind, "sweep")[0] is catalogue.main_metric(kind)
 
 

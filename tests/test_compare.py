@@ -182,3 +182,21 @@ def test_serving_figure_names_bars_by_swept_value_and_logs_wide_panels():
     rows = [_serving_row(v, None, b, 2**30) for v, b in (("a", 0.001), ("b", 0.002))]
     fig = comparison(rows)
     assert list(fig.data[0].x) == ["a", "b"] and fig.layout.yaxis.type != "log"
+
+
+def test_compare_honours_placement_like_run(tmp_path):
+    """compare goes through the same path as run: a scenario's placement: gives the same step
+    time in both (compare used to drop it and time the default blocks)."""
+    from tests.test_solve_cli import TRAIN
+
+    path = tmp_path / "placed.yaml"
+    path.write_text(yaml.safe_dump({**TRAIN, "placement": {"solver": "greedy"}}))
+    run = moesim("run", path, "--out", tmp_path / "run")
+    cmp = moesim("compare", path, "--out", tmp_path / "cmp")
+    assert run.returncode == 0 and cmp.returncode == 0, run.stderr + cmp.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (row,) = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert row["kind"] == "training" and row["variant"] == "base"
+    assert row["step_time_s"] == summary["step_time_s"]
+    assert summary["placement_speedup"] != 1.0  # the placement does change the step
+    assert summary["baseline_step_time_s"] != summary["step_time_s"]

@@ -14,7 +14,7 @@ from sim.topology import load_topology
 BASE = {
     "name": "s", "seed": 0, "topology": {"name": "dgx-h100", "gpu": "a100_sxm"},
     "model": {"hidden_size": 256, "ffn_hidden_size": 1024, "num_layers": 4,
-              "num_attention_heads": 4, "seq_length": 128, "moe_layer_freq": 2},
+              "num_attention_heads": 4, "moe_layer_freq": 2},
     "moe": {"num_experts": 8, "moe_router_topk": 1},
     "gating": {"vocab_size": 1000, "sigma_ctx": 2.0},
     "serving": {"requests": {"poisson": {"n": 2, "rate_per_s": 1000.0, "prompt_tokens": 16,
@@ -193,3 +193,104 @@ def test_engine_belady_keeps_what_the_queue_needs(tmp_path):
                                            "output_tokens": 24}}, max_running=4)
         rates[policy] = res.summary["cache_hit_rate"]
     assert rates["belady"] > rates["lru"]  # the queue's next tokens are known: kept
+
+
+TRAINING_ONLY_VALUES = {
+    "model.seq_length": 128, "model.micro_batch_size": 2,
+    "moe.moe_expert_capacity_factor": 1.0, "moe.critical_capacity_delta": 0.05,
+    "moe.moe_token_drop_policy": "position", "moe.moe_pad_expert_input_to_capacity": True,
+    "moe.capacity_convention": "gshard", "moe.rectify.intra_gpu": True,
+    "parallel.expert_model_parallel_size": 8, "training.grad_dtype_bytes": 2,
+    "training.overlap_grad_reduce": False, "training.a2a_algorithm": "bilevel",
+    "training.step": 3, "gating.trace": "t.npz", "gating.routing_groups": 4,
+    "placement.solver": "greedy", "fabric.rate_tolerance": 0.01,
+}
+
+
+def test_every_field_serving_ignores_is_listed_with_a_value_here():
+    from sim.scenario.serving import TRAINING_ONLY
+
+    assert {next(p for p in TRAINING_ONLY if k == p or k.startswith(p + "."))
+            for k in TRAINING_ONLY_VALUES} == set(TRAINING_ONLY)
+
+
+@pytest.mark.parametrize("key", sorted(TRAINING_ONLY_VALUES))
+def test_a_training_only_field_in_a_serving_scenario_is_refused(tmp_path, key):
+    from sim.scenario.serving import TRAINING_ONLY
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    value = TRAINING_ONLY_VALUES[key]
+    field = next(p for p in TRAINING_ONLY if key == p or key.startswith(p + "."))
+    with pytest.raises(UserError) as e:
+        load_scenario(path, [f"{key}={yaml.safe_dump(value).splitlines()[0]}"])
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {field}: not used by a serving run (")
+    assert TRAINING_ONLY[field] in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(("sets", "ok"), [
+    (["moe.router.name=switch"], True), (["moe.router.name=topk"], True),
+    (["moe.router.name=hash"], False), (["moe.router.name=expert_choice"], False),
+    (["moe.router.params={normalize: false}"], False),
+    (["moe.router.name=switch", "moe.moe_router_topk=2"], False),
+])
+def test_serving_honours_the_top_k_routers_and_refuses_the_others(tmp_path, sets, ok):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    if ok:
+        assert load_scenario(path, sets).moe.router.name in ("switch", "topk")
+        return
+    with pytest.raises(UserError, match=rf"^{path}: moe\.router: a serving run routes each "
+                                        "token to its moe_router_topk best experts"):
+        load_scenario(path, sets)
+
+
+def test_switch_and_topk_serve_alike_at_top_1(tmp_path):
+    _, a = run(tmp_path, "on_demand", sets=["moe.router.name=switch"])
+    _, b = run(tmp_path, "on_demand", sets=["moe.router.name=topk"])
+    assert a.summary == b.summary
+
+
+def test_a_serving_cli_mistake_is_one_line_and_writes_nothing(tmp_path):
+    from tests.test_cli_run import moesim
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    proc = moesim("run", path, "--set", "gating.trace=t.npz", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "gating.trace: not used by a serving run" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_serving_loop_caches_like_the_offline_cache(tmp_path):
+    """One cache: a serving run's hits equal a replay of its own expert sets through
+    sim.serving.cache, layer by layer (LRU, 2 experts kept, on demand)."""
+    import sim.serving.engine as engine
+    from sim.serving.cache import ExpertCache, replay
+
+    own = [k for k, v in vars(engine).items() if isinstance(v, type) and "Cache" in k]
+    assert own == ["ExpertCache"] and engine.ExpertCache is ExpertCache  # no cache of its own
+    sc, res = run(tmp_path, "on_demand", ["serving.offload.cache_experts_per_layer=2"])
+    assert res.summary["expert_copies"] > 0
+    layers = len(res.expert_steps[0])
+    hits = misses = 0
+    for li in range(layers):
+        stats = replay([sorted(step[li]) for step in res.expert_steps], 2, "lru", overflow=True)
+        hits, misses = hits + stats.hits, misses + stats.misses
+    assert res.summary["cache_hit_rate"] == pytest.approx(hits / (hits + misses))
+    assert 0 < hits < hits + misses
+
+
+def test_belady_oracle_is_built_only_for_belady(tmp_path, monkeypatch):
+    from sim.serving.engine import _Server
+
+    calls = []
+    original = _Server._next_use
+    monkeypatch.setattr(_Server, "_next_use",
+                        lambda self, *a: calls.append(a) or original(self, *a))
+    lru = run(tmp_path, "on_demand", ["serving.offload.cache_experts_per_layer=1"])[1]
+    assert calls == []
+    belady = run(tmp_path, "on_demand", ["serving.offload.cache_experts_per_layer=1",
+                                         "serving.offload.cache_policy=belady"])[1]
+    assert calls and belady.summary["cache_hit_rate"] >= lru.summary["cache_hit_rate"]

@@ -200,7 +200,7 @@ METRICS: tuple[Metric, ...] = (
            "requests.", show="s", short="lat s",
            views=("run", "report", "compare", "sweep"), better="lower"),
     Metric("latency_p50_s", "median latency", "s", S, "50th percentile of the latency.",
-           show="s", views=("run", "report", "compare")),
+           show="s", short="p50 s", views=("run", "report", "compare")),
     Metric("latency_p95_s", "p95 latency", "s", S, "95th percentile of the latency.", show="s",
            short="p95 s", views=("run", "report", "compare", "figure", "sweep"),
            better="lower"),
@@ -210,8 +210,8 @@ METRICS: tuple[Metric, ...] = (
            show="s", short="ttft s", views=("run", "report", "compare", "sweep"),
            better="lower"),
     Metric("normalized_latency_mean_s", "latency per output token", "s", S, "Latency / output "
-           "tokens, mean over requests.", show="ms", views=("run", "report", "compare"),
-           better="lower"),
+           "tokens, mean over requests.", show="ms", short="ms/token",
+           views=("run", "report", "compare"), better="lower"),
     Metric("steps", "model steps", "", S, "Batches run (each a pass over every layer).",
            views=("report",)),
     Metric("unique_experts_per_batch", "experts per batch", "", S, "Distinct experts a batch "
@@ -223,15 +223,15 @@ METRICS: tuple[Metric, ...] = (
            "step: attention + gate + exposed copies + expert FFNs, mean.", show="ms",
            short="block ms", views=("run", "report", "compare", "figure"), better="lower"),
     Metric("expert_copies", "expert copies", "", S, "Experts copied host -> GPU.",
-           views=("run", "report", "compare")),
+           short="copies", views=("run", "report", "compare")),
     Metric("cache_hit_rate", "cache hit rate", "1", S, "Needed experts found resident, of all "
            "needed (1 when nothing is offloaded).", show="%", short="hit %",
            views=("run", "report", "compare"), better="higher"),
     Metric("peak_memory_bytes", "peak GPU memory", "B", S, "Weights, KV cache, resident and "
-           "in-flight experts at their peak over the run.", show="GiB",
+           "in-flight experts at their peak over the run.", show="GiB", short="peak GiB",
            views=("run", "report", "compare")),
     Metric("decode_peak_memory_bytes", "peak GPU memory, decode", "B", S, "The same over "
-           "decode-only steps.", show="GiB", short="mem GiB",
+           "decode-only steps.", show="GiB", short="decode GiB",
            views=("run", "report", "compare", "figure")),
     Metric("h2d_bytes", "host-to-GPU bytes", "B", S, "Expert bytes copied over PCIe.",
            show="GB", views=("report",)),

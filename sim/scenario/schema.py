@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from sim.inputs.messages import NAME_PATTERN, submodel
+from sim.inputs.messages import NAME_PATTERN, FieldProblem, submodel
 from sim.scenario.schema_base import StrictModel
-from sim.scenario.serving import Serving
+from sim.scenario.serving import SERVING_ROUTERS, TRAINING_ONLY, Serving
 from sim.scenario.training import Gating, Model, Moe, Parallel, Placement, Training
 from sim.units import parse_bytes
 
@@ -172,12 +172,41 @@ class Scenario(StrictModel):
                              "moe:)")
         return self
 
+    @model_validator(mode="after")
+    def _serving_uses_its_inputs(self) -> Scenario:
+        if self.serving is None:
+            if self.benchmark is None and self.model.seq_length is None:
+                raise FieldProblem(("model", "seq_length"), "required for a training step", None)
+            return self
+        for path, reason in TRAINING_ONLY.items():
+            keys = path.split(".")
+            holder = self
+            for key in keys[:-1]:
+                holder = getattr(holder, key)
+            value = getattr(holder, keys[-1])
+            if value != type(holder).model_fields[keys[-1]].default:
+                raise FieldProblem(tuple(keys), f"not used by a serving run ({reason}); remove "
+                                   "it", _shown(value))
+        router, k = self.moe.router, self.moe.moe_router_topk
+        if router.name not in SERVING_ROUTERS or router.params or (router.name == "switch"
+                                                                   and k != 1):
+            raise FieldProblem(("moe", "router"), "a serving run routes each token to its "
+                               f"moe_router_topk best experts by the gate: router "
+                               f"{' or '.join(SERVING_ROUTERS)} (switch with top-1), no params",
+                               _shown(router))
+        return self
+
     @property
     def kind(self) -> str:
         """``benchmark``, ``training`` or ``serving``."""
         if self.benchmark is not None:
             return "benchmark"
         return "serving" if self.serving is not None else "training"
+
+
+def _shown(value: Any) -> Any:
+    """A section as the mapping a user wrote, for ``(got ...)``."""
+    return value.model_dump(exclude_defaults=True) if isinstance(value, BaseModel) else value
 
 
 def field_at(model: type[BaseModel], path: Sequence[str | int]) -> tuple[type[BaseModel], Any]:

@@ -74,3 +74,32 @@ class Serving(StrictModel):
     """layerwise: each MoE layer routes on its own gate. layer_aligned: one pre-gating router
     for all layers, a token uses the same expert index in every layer (Read-ME)."""
     offload: Offload = Offload()
+
+
+_DROPLESS = "serving is dropless: every token reaches its top-k experts"
+
+#: Fields a serving run does not use, with what it uses instead. A serving scenario that sets
+#: one (to anything but its default) is refused, so that nothing is silently ignored.
+TRAINING_ONLY: dict[str, str] = {
+    "model.seq_length": "a request's length is its prompt_tokens + output_tokens",
+    "model.micro_batch_size": "serving.max_batch_tokens and max_running size the batches",
+    "moe.moe_expert_capacity_factor": _DROPLESS,
+    "moe.critical_capacity_delta": _DROPLESS,
+    "moe.moe_token_drop_policy": _DROPLESS,
+    "moe.moe_pad_expert_input_to_capacity": _DROPLESS,
+    "moe.capacity_convention": _DROPLESS,
+    "moe.rectify": "Rectify corrects tokens that capacity dropped, and serving drops none",
+    "parallel": "serving runs on one GPU",
+    "training.grad_dtype_bytes": "serving has no backward pass",
+    "training.overlap_grad_reduce": "serving has no backward pass",
+    "training.a2a_algorithm": "serving runs on one GPU, with no All-to-All",
+    "training.step": "serving draws its gate per request",
+    "gating.trace": "serving routes its requests with the gate generator",
+    "gating.routing_groups": "serving routes every request on its own",
+    "placement": "serving runs on one GPU, where every expert is local",
+    "fabric": "serving's only link is the GPU's PCIe (serving.offload.h2d_efficiency, "
+              "h2d_latency_us)",
+}
+
+#: Routers whose choice is each token's own top-k experts by gate score: what serving does.
+SERVING_ROUTERS = ("topk", "switch")

@@ -24,7 +24,8 @@ class Model(StrictModel):
     num_attention_heads: int = Field(gt=0)
     num_query_groups: int | None = Field(None, gt=0)
     """Grouped-query attention KV heads; None = multi-head (as many as attention heads)."""
-    seq_length: int = Field(gt=0)
+    seq_length: int | None = Field(None, gt=0)
+    """Tokens per sequence (required for a training step; a serving request has its own)."""
     micro_batch_size: int = Field(1, gt=0)
     gated_linear_unit: bool = False
     """SwiGLU-style FFN: three weight matrices instead of two."""

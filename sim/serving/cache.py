@@ -1,4 +1,5 @@
 """The expert cache of one GPU: at most ``capacity`` experts resident, four eviction policies.
+The serving loop (one cache per MoE layer) and the offline study both use it.
 
 Definitions. Time advances in *steps* (t = 0, 1, ...). At each step a *set* of keys (hashable
 expert ids, e.g. ``e`` or ``(layer, e)``) is requested together: the experts one batch needs at
@@ -26,9 +27,18 @@ Policies (:data:`POLICIES`), each choosing the victim among the unpinned residen
 * ``belady``: the key whose next request is farthest in the future (never again = infinitely
   far); ties (several never requested again, or requested next in the same step) by smallest
   insertion order. This is the offline optimum (fewest misses) and Read-ME's policy
-  (``shared/reference/papers.md`` §4a item 4), which knows the future from pre-gating. The whole
-  step sequence is given as ``future`` at construction and :meth:`ExpertCache.step` must be
-  called with exactly those steps, in order.
+  (Read-ME, Yu et al. 2024, Section 4), which knows the future from pre-gating. Offline, the
+  whole step sequence is given as ``future`` at construction and :meth:`ExpertCache.step` must
+  be called with exactly those steps, in order. Online (a serving loop, whose future depends on
+  batching), each step passes ``next_use(key) -> distance`` instead, an oracle of how far ahead
+  each resident key is needed next (``inf`` = not known to be needed); it is only called when
+  an eviction happens.
+
+Overflow (``overflow=True``, the serving loop): a step may request more distinct keys than the
+capacity. All of them are served (the extra ones from working buffers: a layer computes with
+every expert it uses); misses evict unpinned keys while there are any, and after the step the
+policy evicts among all resident keys (pins lifted) until at most ``capacity`` remain. A
+capacity of 0 then keeps nothing between steps. Without overflow such a step is an error.
 
 Complexity: a step costs O(keys in it) plus O(resident) per eviction for every policy (a linear
 scan; caches hold a handful of experts). ``belady`` precomputes, in one backward pass over
@@ -82,9 +92,11 @@ def _distinct(keys: Iterable[Hashable], what: str) -> list:
 class ExpertCache:
     """An expert cache holding at most ``capacity`` keys, evicting by ``policy``.
 
-    ``rng`` is required by ``random`` and ``future`` (the whole sequence of steps, each an
-    iterable of keys) by ``belady``; each is ignored by the other policies. ``warm`` keys are
-    resident at the start. See the module docstring for definitions and tie-breaking.
+    ``rng`` is required by ``random``; ``belady`` needs ``future`` (the whole sequence of
+    steps, each an iterable of keys) or, online, ``next_use`` at each step. Each is ignored by
+    the other policies. ``warm`` keys are resident at the start; ``overflow`` lets a step
+    request more keys than the capacity. See the module docstring for definitions and
+    tie-breaking.
     """
 
     def __init__(
@@ -94,9 +106,13 @@ class ExpertCache:
         rng: np.random.Generator | None = None,
         future: Sequence[Iterable[Hashable]] | None = None,
         warm: Iterable[Hashable] = (),
+        overflow: bool = False,
+        online: bool = False,
     ) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
-            raise UserError(f"expert cache: capacity must be an integer >= 1 (experts), "
+        least = 0 if overflow else 1
+        if (isinstance(capacity, bool) or not isinstance(capacity, int | np.integer)
+                or capacity < least):
+            raise UserError(f"expert cache: capacity must be an integer >= {least} (experts), "
                             f"got {capacity!r}")
         if policy not in POLICIES:
             raise UserError(f"expert cache: policy {policy!r} is unknown; allowed: "
@@ -105,24 +121,27 @@ class ExpertCache:
             raise UserError("expert cache: policy random needs rng, a numpy.random.Generator")
         self.capacity = int(capacity)
         self.policy = policy
+        self.overflow = bool(overflow)
+        self.online = bool(online)
         self._rng = rng
         self._t = 0
         self._order = 0
         self._hits = 0
         self._misses = 0
         self._evicted: tuple = ()
+        self._oracle = None
         self._slots: dict[Hashable, _Entry] = {}  # iteration order = insertion order
         self._future: list[frozenset] = []
         self._next_after: list[dict[Hashable, int]] = []
         first: dict[Hashable, int] = {}
-        if policy == "belady":
+        if policy == "belady" and not online:
             if future is None:
                 raise UserError("expert cache: policy belady needs future, the whole sequence "
-                                "of steps")
+                                "of steps (or online=True and next_use at each step)")
             self._future = [frozenset(_distinct(s, f"future step {i}"))
                             for i, s in enumerate(future)]
             for i, s in enumerate(self._future):
-                if len(s) > self.capacity:
+                if len(s) > self.capacity and not self.overflow:
                     raise UserError(f"expert cache: future step {i} requests {len(s)} distinct "
                                     f"keys, more than the capacity of {self.capacity}")
             never = len(self._future)
@@ -140,6 +159,14 @@ class ExpertCache:
         for k in warm_keys:
             self._slots[k] = _Entry(self._order, -1, 0, first.get(k, len(self._future)))
             self._order += 1
+
+    def __len__(self) -> int:
+        """Keys resident now."""
+        return len(self._slots)
+
+    def __contains__(self, key: Hashable) -> bool:
+        """Whether ``key`` is resident now."""
+        return key in self._slots
 
     @property
     def resident(self) -> frozenset:
@@ -166,15 +193,19 @@ class ExpertCache:
         """Keys evicted by the last step, in eviction order."""
         return self._evicted
 
-    def step(self, keys: Iterable[Hashable]) -> tuple[list, list]:
+    def step(self, keys: Iterable[Hashable], next_use=None) -> tuple[list, list]:
         """Request ``keys`` at the next step; returns (hits, misses) in the given order; loads
-        the misses, evicting as the policy says. The cache is unchanged if this raises."""
+        the misses, evicting as the policy says. ``next_use`` is the online Belady oracle (see
+        the module docstring). The cache is unchanged if this raises."""
         want = _distinct(keys, f"step {self._t}")
-        if len(want) > self.capacity:
+        if len(want) > self.capacity and not self.overflow:
             raise UserError(f"expert cache: step {self._t} requests {len(want)} distinct keys, "
                             f"more than the capacity of {self.capacity}")
         t = self._t
-        belady = self.policy == "belady"
+        belady = self.policy == "belady" and not self.online
+        if self.policy == "belady" and self.online and next_use is None:
+            raise UserError("expert cache: online belady needs next_use at every step")
+        self._oracle = next_use
         if belady:
             if t >= len(self._future):
                 raise UserError(f"expert cache: belady: step {t} is beyond the given future of "
@@ -189,7 +220,8 @@ class ExpertCache:
         for k in want:
             entry = self._slots.get(k)
             if entry is None:
-                if len(self._slots) >= self.capacity:
+                if len(self._slots) >= self.capacity and any(
+                        key not in pinned for key in self._slots):  # else: overflow
                     victim = self._victim(pinned)
                     del self._slots[victim]
                     evicted.append(victim)
@@ -202,6 +234,10 @@ class ExpertCache:
             entry.uses += 1
             if belady:
                 entry.next = self._next_after[t][k]
+        while len(self._slots) > self.capacity:  # an overflowing step: back to the capacity
+            victim = self._victim(set())
+            del self._slots[victim]
+            evicted.append(victim)
         self._hits += len(hits)
         self._misses += len(misses)
         self._evicted = tuple(evicted)
@@ -215,6 +251,8 @@ class ExpertCache:
             return min(free, key=lambda ke: (ke[1].last, ke[1].order))[0]
         if self.policy == "lfu":
             return min(free, key=lambda ke: (ke[1].uses, ke[1].last, ke[1].order))[0]
+        if self.policy == "belady" and self.online:
+            return min(free, key=lambda ke: (-self._oracle(ke[0]), ke[1].order))[0]
         if self.policy == "belady":
             return min(free, key=lambda ke: (-ke[1].next, ke[1].order))[0]
         return free[int(self._rng.integers(len(free)))][0]
@@ -225,11 +263,13 @@ def replay(
     capacity: int,
     policy: str,
     rng: np.random.Generator | None = None,
+    overflow: bool = False,
 ) -> CacheStats:
     """Run a whole sequence of steps through a fresh (empty) cache; ``belady`` sees ``steps``
     as its future. Returns the hit and miss totals and the misses of each step."""
     steps = [_distinct(s, f"step {i}") for i, s in enumerate(steps)]
-    cache = ExpertCache(capacity, policy, rng=rng, future=steps if policy == "belady" else None)
+    cache = ExpertCache(capacity, policy, rng=rng, overflow=overflow,
+                        future=steps if policy == "belady" else None)
     per_step = np.zeros(len(steps), dtype=np.int64)
     for i, s in enumerate(steps):
         per_step[i] = len(cache.step(s)[1])

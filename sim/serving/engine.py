@@ -19,11 +19,12 @@ When copies happen (``Offload.mode``):
 
 Memory: the non-expert weights (attention, routers, dense FFNs, a tied embedding of
 ``gating.vocab_size`` x hidden) stay on the GPU; each MoE layer keeps at most
-``cache_experts_per_layer`` experts after use (policy LRU, LFU, random, or Belady with the future
-known from the queued requests' routing); the experts a layer is using or prefetching sit in
-working buffers on top. Peak GPU memory = non-expert weights + KV cache of the running requests +
-every resident and in-flight expert, sampled at each copy and each step; a mode whose peak exceeds
-HBM is a UserError.
+``cache_experts_per_layer`` experts after use, in an overflowing :class:`ExpertCache`
+(``sim.serving.cache``: policy LRU, LFU, random, or Belady with the future known from the queued
+requests' routing, an oracle built only for that policy); the experts a layer is using or
+prefetching sit in working buffers on top. Peak GPU memory = non-expert weights + KV cache of
+the running requests + every resident and in-flight expert, sampled at each copy and each step;
+a mode whose peak exceeds HBM is a UserError.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sim.model import Shape
 from sim.network import Fabric, FabricOptions
 from sim.rng import stream
 from sim.serving.batching import WorkItem, form_batch
+from sim.serving.cache import ExpertCache
 from sim.serving.requests import Request
 from sim.topology.cluster import Cluster
 
@@ -96,31 +98,6 @@ def route_requests(scenario, requests: list[Request]) -> dict[int, np.ndarray]:
     return out
 
 
-class _LayerCache:
-    """Experts of one MoE layer kept after use, at most ``capacity``."""
-
-    def __init__(self, capacity: int, policy: str, rng: np.random.Generator):
-        self.capacity, self.policy, self.rng = capacity, policy, rng
-        self.resident: dict[int, list[float]] = {}  # expert -> [last use, uses]
-
-    def keep(self, used: frozenset, now: float, next_use) -> None:
-        """After a layer ran with ``used``: remember them, evict down to capacity."""
-        for e in used:
-            last, uses = self.resident.get(e, [0.0, 0])
-            self.resident[e] = [now, uses + 1]
-        while len(self.resident) > self.capacity:
-            keys = sorted(self.resident)
-            if self.policy == "lru":
-                victim = min(keys, key=lambda e: (self.resident[e][0], e))
-            elif self.policy == "lfu":
-                victim = min(keys, key=lambda e: (self.resident[e][1], self.resident[e][0], e))
-            elif self.policy == "random":
-                victim = keys[int(self.rng.integers(len(keys)))]
-            else:  # belady: the one needed farthest ahead (never = infinitely far)
-                victim = max(keys, key=lambda e: (next_use(e), -self.resident[e][0], -e))
-            del self.resident[victim]
-
-
 def run_serving(scenario, cluster: Cluster, source: str = "") -> ServingResult:
     """Simulate serving ``scenario.serving`` on the first GPU of ``cluster``."""
     from sim.serving.requests import load_requests, poisson_requests
@@ -160,13 +137,15 @@ class _Server:
         self.expert_bytes = shape.expert_params * self.dtype
         self.dense_bytes = shape.non_expert_params * self.dtype
         self.kv_bytes_per_token = 2 * shape.kv_hidden * m.num_layers * self.dtype
-        off = self.srv.offload
-        resident_all = off.mode == "gpu_only"
-        cap = self.moe.num_experts if resident_all else off.cache_experts_per_layer
-        self.caches = [_LayerCache(cap, off.cache_policy, rng) for _ in range(self.n_moe)]
-        if resident_all or cap >= self.moe.num_experts:  # a cache for every expert holds all
-            for c in self.caches:
-                c.resident = {e: [0.0, 0] for e in range(self.moe.num_experts)}
+        off, experts = self.srv.offload, self.moe.num_experts
+        # a cache for every expert holds all of them from the start
+        resident_all = off.mode == "gpu_only" or off.cache_experts_per_layer >= experts
+        cap = experts if resident_all else off.cache_experts_per_layer
+        self.belady = off.cache_policy == "belady"
+        self.caches = [ExpertCache(cap, off.cache_policy, rng=rng, overflow=True,
+                                   online=self.belady,
+                                   warm=range(experts) if resident_all else ())
+                       for _ in range(self.n_moe)]
         self.inflight: dict[tuple[int, int], simpy.Event] = {}
         self.waiting: list[Request] = []
         self.running: list[Request] = []
@@ -177,7 +156,6 @@ class _Server:
         self.peak_bytes = 0.0
         self.decode_peak_bytes = 0.0
         self._prefilling = False
-        self.hits = self.misses = 0
         self.copies = 0
         self.loads: list[dict] = []  # every copy batch: when issued, when its experts were known
         self.known_at: dict[int, float] = {}
@@ -255,20 +233,11 @@ class _Server:
         mode = srv.offload.mode
         blocks: list[float] = []
         li = -1
+        # every dense (or every MoE) layer of the step costs the same outside its experts
+        dense_of = {is_moe: self._dense_s(prefill, rows, context, is_moe)
+                    for is_moe in set(self.moe_layers)}
         for is_moe in self.moe_layers:
-            dense = sum(float(dense_layer_time_s(
-                r.prompt_tokens, r.prompt_tokens, m.hidden_size, m.num_attention_heads,
-                self.spec, ffn_hidden=None if is_moe else m.ffn_hidden_size,
-                gated=m.gated_linear_unit, num_experts=self.moe.num_experts if is_moe else None,
-                kv_heads=m.num_query_groups, dtype_bytes=self.dtype)) for r in prefill)
-            if rows:
-                dense += float(dense_layer_time_s(
-                    rows, context, m.hidden_size, m.num_attention_heads, self.spec,
-                    ffn_hidden=None if is_moe else m.ffn_hidden_size,
-                    gated=m.gated_linear_unit,
-                    num_experts=self.moe.num_experts if is_moe else None,
-                    kv_heads=m.num_query_groups, query_len=1, dtype_bytes=self.dtype))
-            dense += srv.attention_overhead_us * 1e-6
+            dense = dense_of[is_moe]
             if not is_moe:
                 yield env.timeout(dense + srv.expert_overhead_us * 1e-6)
                 continue
@@ -297,12 +266,31 @@ class _Server:
             if ahead:
                 yield env.all_of(ahead)
             self._sample_memory(decode, li)
-            self.caches[li].keep(need, env.now, self._next_use(li, batch))
+            # Belady's oracle (the queued work's next experts) only when it is the policy
+            oracle = self._next_use(li, batch) if self.belady else None
+            self.caches[li].step(sorted(need), next_use=oracle)
             self._drop_unused_prefetch(li)
             blocks.append(env.now - block_start)
         if decode and not prefill:
             self.moe_block_s.extend(blocks)
         return [frozenset(np.flatnonzero(c).tolist()) for c in used_per_layer]
+
+    def _dense_s(self, prefill, rows: int, context: int, is_moe: bool) -> float:
+        """Seconds of one layer outside its experts: the prefills' and the decode rows'
+        attention (+ router, or the dense FFN), plus the fixed attention overhead."""
+        m = self.model
+        dense = sum(float(dense_layer_time_s(
+            r.prompt_tokens, r.prompt_tokens, m.hidden_size, m.num_attention_heads,
+            self.spec, ffn_hidden=None if is_moe else m.ffn_hidden_size,
+            gated=m.gated_linear_unit, num_experts=self.moe.num_experts if is_moe else None,
+            kv_heads=m.num_query_groups, dtype_bytes=self.dtype)) for r in prefill)
+        if rows:
+            dense += float(dense_layer_time_s(
+                rows, context, m.hidden_size, m.num_attention_heads, self.spec,
+                ffn_hidden=None if is_moe else m.ffn_hidden_size, gated=m.gated_linear_unit,
+                num_experts=self.moe.num_experts if is_moe else None,
+                kv_heads=m.num_query_groups, query_len=1, dtype_bytes=self.dtype))
+        return dense + self.srv.attention_overhead_us * 1e-6
 
     def _layer_use(self, batch, layer: int) -> np.ndarray:
         """(E,) tokens (decode rows and prompt tokens) the batch sends to each expert."""
@@ -312,14 +300,10 @@ class _Server:
         return np.bincount(flat.astype(np.int64), minlength=self.moe.num_experts)
 
     def _fetch(self, layer: int, experts: frozenset, needed: frozenset) -> None:
-        """Start copying the experts of ``layer`` that are neither resident nor on their way;
-        the cache hit rate counts the ``needed`` ones found resident."""
+        """Start copying the experts of ``layer`` that are neither resident nor on their way
+        (the cache counts the ``needed`` ones as hits or misses when the layer has run)."""
         cache = self.caches[layer]
-        missing = sorted(e for e in experts
-                         if e not in cache.resident and (layer, e) not in self.inflight)
-        hit = sum(1 for e in needed if e in cache.resident)
-        self.hits += hit
-        self.misses += len(needed) - hit
+        missing = sorted(e for e in experts if e not in cache and (layer, e) not in self.inflight)
         if not missing:
             return
         self.copies += len(missing)
@@ -340,8 +324,8 @@ class _Server:
             del self.inflight[key]
 
     def _sample_memory(self, decode, layer: int) -> None:
-        resident = sum(len(c.resident) for c in self.caches)
-        working = len({k for k in self.inflight if k[1] not in self.caches[k[0]].resident})
+        resident = sum(len(c) for c in self.caches)
+        working = len({k for k in self.inflight if k[1] not in self.caches[k[0]]})
         kv = sum(self._position(r) for r in self.running) * self.kv_bytes_per_token
         total = self.dense_bytes + kv + (resident + working) * self.expert_bytes
         self.peak_bytes = max(self.peak_bytes, total)
@@ -388,6 +372,8 @@ class _Server:
         end = max((s["end_s"] for s in self.steps), default=0.0)
         tokens = sum(r["output_tokens"] for r in rows)
         moe_steps = [s for s in self.steps if s["decode"] and not s["prefill"]]
+        hits = sum(c.hits for c in self.caches)
+        misses = sum(c.misses for c in self.caches)
         summary = {
             "requests": len(rows),
             "makespan_s": end,
@@ -407,8 +393,7 @@ class _Server:
             "moe_block_mean_s": float(np.mean(self.moe_block_s)) if self.moe_block_s else 0.0,
             # ^ decode-only steps: attention + gate + exposed copies + expert FFNs of one block
             "expert_copies": self.copies,
-            "cache_hit_rate": self.hits / (self.hits + self.misses)
-            if self.hits + self.misses else 1.0,
+            "cache_hit_rate": hits / (hits + misses) if hits + misses else 1.0,
             "peak_memory_bytes": self.peak_bytes,
             "decode_peak_memory_bytes": self.decode_peak_bytes,
             "h2d_bytes": self.h2d_busy_bytes,
