@@ -84,15 +84,15 @@ def test_category_colours_fixed_and_distinct():
     assert len(set(CATEGORY_COLOURS.values())) == len(CATEGORIES)
 
 
-def test_step_breakdown_one_bar_per_nonzero_category(run):
+def test_step_breakdown_shows_every_category_zero_ones_too(run):
     summary = run[0]
+    assert any(v == 0 for v in summary["breakdown_s"].values())  # e.g. gate: 0
     fig = step_breakdown(summary)
     assert isinstance(fig, go.Figure)
-    nonzero = [c for c in CATEGORIES if summary["breakdown_s"].get(c, 0.0) > 0]
-    assert [t.name for t in fig.data] == nonzero
+    assert [t.name for t in fig.data] == list(CATEGORIES)
     for t in fig.data:
         assert t.orientation == "h"
-        assert t.x[0] == pytest.approx(summary["breakdown_s"][t.name] * 1e3)
+        assert t.x[0] == pytest.approx(summary["breakdown_s"].get(t.name, 0.0) * 1e3)
         assert t.marker.color == CATEGORY_COLOURS[t.name]
     assert fig.layout.barmode == "stack"
     assert fig.layout.title.text
@@ -138,8 +138,11 @@ def test_link_utilisation_top_sorted(run, top):
     assert y == sorted(y, reverse=True)
     assert y[0] == pytest.approx(max(r["utilisation"] for r in links) * 100)
     assert "%" in fig.layout.yaxis.title.text
-    # hover carries src, dst, tier and bytes
+    # bars are named by their ends; hover carries src, dst, tier and bytes
     busiest = max(links, key=lambda r: r["utilisation"])
+    assert bars.x[0].startswith(f"{busiest['src']} → {busiest['dst']}")
+    assert not any(str(x).startswith("#") for x in bars.x)
+    assert len(set(bars.x)) == len(bars.x)  # parallel links keep distinct names
     assert list(bars.customdata[0][:3]) == [busiest["src"], busiest["dst"], busiest["tier"]]
     # per-tier summary: one entry per tier
     tiers = {r["tier"] for r in links}
@@ -392,3 +395,28 @@ def test_cache_hit_rates_one_line_per_policy():
     assert list(fig.data[0].y) == pytest.approx([40.0, 60.0])
     assert fig.data[1].line.dash == "dash" and fig.data[0].line.dash == "solid"
     assert "100 decode steps" in fig.layout.title.text
+
+
+def test_link_names_number_parallel_links():
+    from sim.report.plots import link_names
+
+    rows = [{"src": "a", "dst": "b"}, {"src": "a", "dst": "c"}, {"src": "a", "dst": "b"}]
+    assert link_names(rows) == ["a → b", "a → c", "a → b (2)"]
+
+
+def test_links_csv_names_every_link_by_its_ends(tmp_path):
+    import yaml
+
+    from sim.moe.run import run_training
+    from sim.scenario import load_scenario
+    from sim.topology import load_topology
+    from tests.test_moe_step import BASE
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    sc = load_scenario(path)
+    cluster = load_topology(sc.topology.name, sc.topology.overrides)
+    names = cluster.node_names
+    for r in run_training(sc, cluster).links:
+        i = r["link"]
+        assert r["name"] == f"{names[cluster.links.src[i]]} -> {names[cluster.links.dst[i]]}"

@@ -57,17 +57,17 @@ def ordered_categories(names: Iterable[str]) -> list[str]:
 
 
 def step_breakdown(summary: Mapping) -> go.Figure:
-    """Horizontal stacked bar of ``summary["breakdown_s"]`` (ms), one trace per non-zero category.
+    """Horizontal stacked bar of ``summary["breakdown_s"]`` (ms), one trace per category: every
+    category of CATEGORIES (and any other the summary has) has its legend entry, a zero one too,
+    so a reader sees that it is zero rather than missing.
 
     The step time (``summary["step_time_s"]``) is drawn as a dashed line and annotated.
     """
     breakdown: Mapping[str, float] = summary.get("breakdown_s") or {}
     step_ms = float(summary.get("step_time_s", 0.0)) * _MS
     fig = go.Figure()
-    for cat in ordered_categories(breakdown):
-        ms = float(breakdown[cat]) * _MS
-        if ms <= 0.0:
-            continue
+    for cat in ordered_categories({*CATEGORIES, *breakdown}):
+        ms = float(breakdown.get(cat, 0.0)) * _MS
         share = ms / step_ms * 100.0 if step_ms > 0 else float("nan")
         fig.add_trace(go.Bar(
             name=cat, y=["slowest GPU"], x=[ms], orientation="h",
@@ -145,6 +145,18 @@ def expert_load_bars(layers: Sequence[Mapping], layer: int) -> go.Figure:
 # --------------------------------------------------------------------------- links
 
 
+def link_names(links: Sequence[Mapping]) -> list[str]:
+    """Each link named by its ends, ``n0.g3 → n0.nvswitch``; parallel links between the same
+    two ends get `` (2)``, `` (3)``... in order."""
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for r in links:
+        name = f"{r.get('src', '?')} → {r.get('dst', '?')}"
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
 def _tier_colours(tiers: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for tier in tiers:
@@ -156,10 +168,12 @@ def _tier_colours(tiers: Iterable[str]) -> dict[str, str]:
 def link_utilisation(links: Sequence[Mapping], top: int = 40) -> go.Figure:
     """The ``top`` busiest links (utilisation %, descending) and a per-tier summary.
 
-    Left: one bar per link, coloured by tier, hover with src -> dst, tier, capacity and bytes.
+    Left: one bar per link, named by its ends (:func:`link_names`), coloured by tier, hover with
+    tier, capacity and bytes.
     Right: mean bar and max marker of utilisation per tier, hover with link count and bytes.
     Trace 0 is the link bar chart; the tier summary follows.
     """
+    names = dict(zip(map(id, links), link_names(links), strict=True))
     ordered = sorted(links, key=lambda r: float(r.get("utilisation", 0.0)), reverse=True)
     busiest = ordered[: max(int(top), 0)]
     colours = _tier_colours(str(r.get("tier", "")) for r in ordered)
@@ -167,13 +181,13 @@ def link_utilisation(links: Sequence[Mapping], top: int = 40) -> go.Figure:
                         subplot_titles=(f"Busiest {len(busiest)} of {len(links)} links",
                                         "Per tier"))
     fig.add_trace(go.Bar(
-        x=[f"#{r['link']}" for r in busiest],
+        x=[names[id(r)] for r in busiest],
         y=[float(r.get("utilisation", 0.0)) * 100.0 for r in busiest],
         marker_color=[colours[str(r.get("tier", ""))] for r in busiest],
         customdata=[[r.get("src", ""), r.get("dst", ""), r.get("tier", ""),
                      float(r.get("capacity_gbps", 0.0)), float(r.get("bytes", 0.0)) / 1e6]
                     for r in busiest],
-        hovertemplate=("link %{x}: %{customdata[0]} → %{customdata[1]}<br>"
+        hovertemplate=("%{x}<br>"
                        "tier %{customdata[2]}, %{customdata[3]:.0f} Gb/s<br>"
                        "%{customdata[4]:.3f} MB, %{y:.1f}% busy<extra></extra>"),
         name="link", showlegend=False,
