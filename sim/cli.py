@@ -13,6 +13,7 @@ import click
 
 from sim import __version__
 from sim.errors import UserError
+from sim.solve.registry import ADMISSION_SOLVERS, PLACEMENT_SOLVERS
 
 USER_ERROR_EXIT = 2
 
@@ -167,17 +168,20 @@ def _report(answer: Any, objective: float) -> None:
                f"bound {bound}, gap {gap}, {answer.wall_s:.2f} s")
 
 
-def _solver_options(command):
-    """``--solver`` and ``--time-limit``, shared by the solve commands."""
-    command = click.option("--time-limit", "time_limit", type=float, default=60.0,
-                           show_default=True, help="ILP / GA budget, seconds.")(command)
-    return click.option("--solver", type=click.Choice(["ilp", "ga", "greedy"]), default="ilp",
-                        show_default=True)(command)
+def _solver_options(solvers):
+    """``--solver`` (one of the ``solvers`` registry) and ``--time-limit``, shared by the solve
+    commands."""
+    def options(command):
+        command = click.option("--time-limit", "time_limit", type=float, default=60.0,
+                               show_default=True, help="ILP / GA budget, seconds.")(command)
+        return click.option("--solver", type=click.Choice(solvers.names()), default="ilp",
+                            show_default=True)(command)
+    return options
 
 
 @solve.command(name="placement")
 @click.argument("scenario", type=click.Path(path_type=Path))
-@_solver_options
+@_solver_options(PLACEMENT_SOLVERS)
 @click.option("--seed", type=int, default=None, help="GA seed (default: the scenario's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario field (repeatable).")
@@ -201,7 +205,7 @@ def solve_placement(scenario: Path, solver: str, time_limit: float, seed: int | 
 
 @solve.command(name="admission")
 @click.argument("problem", type=click.Path(path_type=Path))
-@_solver_options
+@_solver_options(ADMISSION_SOLVERS)
 @click.option("--seed", type=int, default=0, show_default=True, help="GA seed.")
 @click.option("--backend", type=click.Choice(["cbc", "highs"]), default="cbc", show_default=True,
               help="ILP solver behind PuLP.")

@@ -4,7 +4,6 @@ it (docs/metrics.md, the terminal, report.html, compare and sweep)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,9 +12,7 @@ from sim.metrics import catalogue
 from sim.runs import simulate
 from sim.scenario import load_scenario
 from sim.topology import load_topology
-from tests.test_moe_step import BASE
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, TRAINING, merged
 
 
 def test_docs_metrics_md_is_the_catalogue():
@@ -53,8 +50,8 @@ def smile_placed(tmp_path_factory) -> dict:
     """A training summary with the keys only some runs have: SMILE's balance terms and a
     placement's comparison."""
     path = tmp_path_factory.mktemp("cat") / "s.yaml"
-    data = {**BASE, "moe": {**BASE["moe"], "router": {"name": "smile"}},
-            "placement": {"solver": "greedy"}}
+    data = merged(TRAINING, moe={"router": {"name": "smile"}},
+                  placement={"solver": "greedy"})
     path.write_text(yaml.safe_dump(data))
     sc = load_scenario(path)
     return simulate(sc, load_topology(*_topology(sc)), str(path), reports=False).summary

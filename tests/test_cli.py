@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,8 @@ from sim.errors import UserError
 from sim.runs.benchmark import table as format_benchmark_table
 from sim.runs.rundir import write_run
 from sim.scenario import load_scenario
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "scenarios").glob("*.yaml"))
 
 GOOD = """\
@@ -25,11 +24,6 @@ benchmark:
   collective: all_to_all
   sizes: [1MiB]
 """
-
-
-def moesim(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -52,7 +46,7 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", BAD_FILES, ids=str)
-def test_bad_scenario_file(tmp_path, case):
+def test_bad_scenario_file(moesim, tmp_path, case):
     text, fragment = BAD_FILES[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -69,7 +63,7 @@ def test_bad_scenario_file(tmp_path, case):
     (["--set", "seed=abc"], "seed: must be an integer (got 'abc') [from --set seed=abc]"),
     (["--set", "benchmark.sizes"], "--set benchmark.sizes: expected KEY=VALUE"),
 ], ids=["unknown", "type", "syntax"])
-def test_bad_set(tmp_path, args, fragment):
+def test_bad_set(moesim, tmp_path, args, fragment):
     path = tmp_path / "good.yaml"
     path.write_text(GOOD)
     out = tmp_path / "out"
@@ -77,7 +71,7 @@ def test_bad_set(tmp_path, args, fragment):
     assert not out.exists()
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(moesim, tmp_path):
     out = tmp_path / "out"
     path = tmp_path / "nope.yaml"
     assert_one_line_error(moesim("run", path, "--out", out), f"{path}: no such file")
@@ -90,11 +84,11 @@ def test_missing_file(tmp_path):
     (["frobnicate"], "frobnicate"),
     (["validate"], "Missing argument"),
 ])
-def test_usage_errors(args, fragment):
+def test_usage_errors(moesim, args, fragment):
     assert_one_line_error(moesim(*args), fragment)
 
 
-def test_nonempty_out_dir_is_not_touched(tmp_path):
+def test_nonempty_out_dir_is_not_touched(moesim, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -103,13 +97,13 @@ def test_nonempty_out_dir_is_not_touched(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_validate_neither_kind(tmp_path):
+def test_validate_neither_kind(moesim, tmp_path):
     path = tmp_path / "what.yaml"
     path.write_text("hello: world\n")
     assert_one_line_error(moesim("validate", path), str(path), "neither a scenario")
 
 
-def test_no_arguments_prints_help():
+def test_no_arguments_prints_help(moesim):
     proc = moesim()
     assert proc.returncode == 0 and "validate" in proc.stdout and "run" in proc.stdout
 
@@ -117,7 +111,7 @@ def test_no_arguments_prints_help():
 # -- need the topology package and files -----------------------------------------------------
 
 
-def test_list():
+def test_list(moesim):
     proc = moesim("list")
     assert proc.returncode == 0, proc.stderr
     assert "h100-leaf-spine" in proc.stdout
@@ -126,20 +120,20 @@ def test_list():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_validate_shipped_scenarios(path):
+def test_validate_shipped_scenarios(moesim, path):
     proc = moesim("validate", path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ok: {path} (scenario {path.stem}:")
 
 
-def test_validate_topology_file():
+def test_validate_topology_file(moesim):
     path = REPO / "topologies" / "dgx-h100.yaml"
     proc = moesim("validate", path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"ok: {path} (topology dgx-h100: 8 GPUs on 1 node)"
 
 
-def test_validate_unknown_topology_names_scenario(tmp_path):
+def test_validate_unknown_topology_names_scenario(moesim, tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text(GOOD.replace("dgx-h100", "no-such-topology"))
     assert_one_line_error(moesim("validate", path), f"{path}: topology:", "no-such-topology")

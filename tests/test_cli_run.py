@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 SCENARIO = REPO / "scenarios" / "a2a-dgx-h100.yaml"
 RESULT_KEYS = {"collective", "algorithm", "bytes_per_rank", "time_s", "algbw_gbps",
                "busbw_gbps", "flows", "recomputes"}
-
-
-def moesim(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
 
 
 def table_rows(stdout: str) -> list[list[str]]:
     return [line.split() for line in stdout.splitlines() if line.strip() and line[0] != "#"]
 
 
-def test_run_a2a_dgx_h100(tmp_path):
+def test_run_a2a_dgx_h100(moesim, tmp_path):
     out = tmp_path / "x"
     proc = moesim("run", SCENARIO, "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -46,7 +39,7 @@ def test_run_a2a_dgx_h100(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no temporary left over
 
 
-def test_run_with_set_gives_one_row(tmp_path):
+def test_run_with_set_gives_one_row(moesim, tmp_path):
     out = tmp_path / "one"
     proc = moesim("run", SCENARIO, "--out", out, "--set", "benchmark.sizes=[1048576]")
     assert proc.returncode == 0, proc.stderr
@@ -56,7 +49,7 @@ def test_run_with_set_gives_one_row(tmp_path):
     assert len(table_rows(proc.stdout)) == 1
 
 
-def test_run_default_out_dir(tmp_path):
+def test_run_default_out_dir(moesim, tmp_path):
     proc = moesim("run", SCENARIO, "--set", "benchmark.sizes=[1MiB]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from sim.errors import UserError
 from sim.runs.compare import compare, parse_sweep, parse_variant, split_variants
-from tests.test_cli_run import moesim
-from tests.test_moe_step import BASE
+from tests.conftest import TWO_SERVERS
 
 
 def test_parse_variants():
@@ -42,12 +40,9 @@ def test_bad_variants_are_user_errors(spec, match):
 
 
 @pytest.fixture
-def small(tmp_path):
-    path = tmp_path / "s.yaml"
-    data = {**BASE, "moe": {**BASE["moe"], "moe_router_topk": 1, "moe_expert_capacity_factor": 1.0},
-            "gating": {"popularity_skew": 1.5}}
-    path.write_text(yaml.safe_dump(data))
-    return path
+def small(training_file):
+    return training_file(moe={"moe_router_topk": 1, "moe_expert_capacity_factor": 1.0},
+                         gating={"popularity_skew": 1.5})
 
 
 def test_compare_rows_match_single_runs(small):
@@ -72,7 +67,7 @@ def test_compare_sweep_runs_every_pair(small):
     assert rows[1]["fill_in_fraction"] > 0 and rows[1]["drop_fraction"] == low["drop_fraction"]
 
 
-def test_compare_command_writes_table_and_files(small, tmp_path):
+def test_compare_command_writes_table_and_files(moesim, small, tmp_path):
     out = tmp_path / "cmp"
     proc = moesim("compare", small, "--routers", "switch,switch+ir", "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -93,7 +88,7 @@ def test_compare_command_writes_table_and_files(small, tmp_path):
     (["--routers", "switch", "--sweep", "moe.nofield=1,2"], "nofield"),
     (["--routers", "switch+zz"], "unknown modifier"),
 ])
-def test_compare_bad_input_is_one_line_and_writes_nothing(small, tmp_path, args, match):
+def test_compare_bad_input_is_one_line_and_writes_nothing(moesim, small, tmp_path, args, match):
     out = tmp_path / "cmp"
     proc = moesim("compare", small, *args, "--out", out)
     assert proc.returncode == 2
@@ -184,13 +179,10 @@ def test_serving_figure_names_bars_by_swept_value_and_logs_wide_panels():
     assert list(fig.data[0].x) == ["a", "b"] and fig.layout.yaxis.type != "log"
 
 
-def test_compare_honours_placement_like_run(tmp_path):
+def test_compare_honours_placement_like_run(moesim, training_file, tmp_path):
     """compare goes through the same path as run: a scenario's placement: gives the same step
     time in both (compare used to drop it and time the default blocks)."""
-    from tests.test_solve_cli import TRAIN
-
-    path = tmp_path / "placed.yaml"
-    path.write_text(yaml.safe_dump({**TRAIN, "placement": {"solver": "greedy"}}))
+    path = training_file("placed.yaml", **TWO_SERVERS, placement={"solver": "greedy"})
     run = moesim("run", path, "--out", tmp_path / "run")
     cmp = moesim("compare", path, "--out", tmp_path / "cmp")
     assert run.returncode == 0 and cmp.returncode == 0, run.stderr + cmp.stderr

@@ -12,14 +12,6 @@ from tests.fabrics import star
 B, LAT = 100e9, 1e-6
 
 
-def _run(cluster, src, dst, nbytes, **opts):
-    env = simpy.Environment()
-    fab = Fabric(env, cluster, FabricOptions(**opts))
-    ev = fab.transfer(src, dst, nbytes)
-    env.run(ev)
-    return ev.value, fab
-
-
 @pytest.mark.parametrize("p", [2, 8, 64])
 def test_flat_all_to_all_on_one_switch_matches_closed_form(p):
     m = 64e6
@@ -29,25 +21,25 @@ def test_flat_all_to_all_on_one_switch_matches_closed_form(p):
     assert res.time_s == pytest.approx(expect, rel=1e-12)
 
 
-def test_two_flows_sharing_a_link_get_half_each():
-    tr, _ = _run(star(3, B, LAT), [0, 1], [2, 2], [1e6, 1e6])
+def test_two_flows_sharing_a_link_get_half_each(transfer):
+    tr, _ = transfer(star(3, B, LAT), [0, 1], [2, 2], [1e6, 1e6])
     assert tr.finish_s == pytest.approx([2 * LAT + 2e6 / B] * 2, rel=1e-12)
 
 
-def test_flow_speeds_up_when_its_neighbour_ends():
+def test_flow_speeds_up_when_its_neighbour_ends(transfer):
     # 1 MB and 3 MB into one GPU: both at B/2 until 2 MB passed, then the big one alone
-    tr, _ = _run(star(3, B, LAT), [0, 1], [2, 2], [1e6, 3e6], rate_tolerance=0.0)
+    tr, _ = transfer(star(3, B, LAT), [0, 1], [2, 2], [1e6, 3e6], rate_tolerance=0.0)
     assert tr.finish_s == pytest.approx([2 * LAT + 2e6 / B, 2 * LAT + 4e6 / B], rel=1e-12)
 
 
-def test_lazy_resolve_still_speeds_up_a_lonely_flow():
+def test_lazy_resolve_still_speeds_up_a_lonely_flow(transfer):
     # the freed half of the link exceeds any tolerance, so the survivor is re-solved
-    tr, _ = _run(star(3, B, LAT), [0, 1], [2, 2], [1e6, 3e6], rate_tolerance=0.1)
+    tr, _ = transfer(star(3, B, LAT), [0, 1], [2, 2], [1e6, 3e6], rate_tolerance=0.1)
     assert tr.finish_s[1] == pytest.approx(2 * LAT + 4e6 / B, rel=1e-12)
 
 
-def test_local_copies_and_empty_flows_cost_nothing_on_the_network():
-    tr, fab = _run(star(2, B, LAT), [0, 0], [0, 1], [5e6, 0.0])
+def test_local_copies_and_empty_flows_cost_nothing_on_the_network(transfer):
+    tr, fab = transfer(star(2, B, LAT), [0, 0], [0, 1], [5e6, 0.0])
     assert tr.finish_s[0] == 0.0
     assert tr.finish_s[1] == pytest.approx(2 * LAT)
     assert fab.stats.link_bytes.sum() == 0

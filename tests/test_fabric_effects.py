@@ -26,13 +26,6 @@ def _fabric(cluster, **opts):
     return env, Fabric(env, cluster, FabricOptions(**opts))
 
 
-def _run(cluster, src, dst, nbytes, **opts):
-    env, fab = _fabric(cluster, **opts)
-    ev = fab.transfer(src, dst, nbytes)
-    env.run(ev)
-    return ev.value, fab
-
-
 def nic_star(p: int, bandwidth_Bps: float = B, latency_s: float = LAT) -> Cluster:
     """P GPUs on one leaf switch by ``nic``-tier full-duplex links: leaf -> GPU is incast-prone,
     GPU -> leaf (into a switch) is not."""
@@ -69,44 +62,44 @@ def _eta(n: int, threshold: int, penalty: float) -> float:
 
 
 @pytest.mark.parametrize("tol", [0.0, 3e-3])
-def test_gap_larger_than_a_message_serializes_the_flows(tol):
+def test_gap_larger_than_a_message_serializes_the_flows(transfer, tol):
     # g > M/B: each flow transmits alone at B, flow i from t0 + i g to t0 + i g + M/B
     n, g = 4, 1.5 * M / B
-    tr, _ = _run(star(n + 1, B, LAT), [0] * n, range(1, n + 1), [M] * n,
+    tr, _ = transfer(star(n + 1, B, LAT), [0] * n, range(1, n + 1), [M] * n,
                  message_overhead_s=OVH, message_gap_s=g, rate_tolerance=tol)
     t0 = 2 * LAT + OVH
     assert tr.finish_s == pytest.approx(t0 + np.arange(n) * g + M / B, rel=1e-12)
     assert tr.end_s == pytest.approx(t0 + (n - 1) * g + M / B, rel=1e-12)
 
 
-def test_overlapping_gaps_share_the_uplink_exactly():
+def test_overlapping_gaps_share_the_uplink_exactly(transfer):
     # g = M/(2B), in units of M/B after t0: [0, .5] flow 0 alone (sends .5); [.5, 1] flows 0, 1
     # at 1/2 (flow 0 left .25, flow 1 left .75); at 1 flow 2 arrives, all at 1/3: flow 0 ends
     # at 1.75 (flows 1, 2 left .5, .75); then 1/2 each: flow 1 ends at 2.75 (flow 2 left .25),
     # flow 2 alone ends at 3 = 3 M/B (the uplink was never idle).
     g = M / (2 * B)
-    tr, _ = _run(star(4, B, LAT), [0, 0, 0], [1, 2, 3], [M] * 3,
+    tr, _ = transfer(star(4, B, LAT), [0, 0, 0], [1, 2, 3], [M] * 3,
                  message_overhead_s=OVH, message_gap_s=g, rate_tolerance=0.0)
     assert tr.finish_s == pytest.approx(2 * LAT + OVH + np.array([1.75, 2.75, 3.0]) * M / B,
                                         rel=1e-12)
 
 
 @pytest.mark.parametrize(("n", "gap"), [(5, 0.3), (8, 0.9)])
-def test_overlapping_gaps_keep_the_uplink_busy(n, gap):
+def test_overlapping_gaps_keep_the_uplink_busy(transfer, n, gap):
     # g < M/B: flow i arrives at t0 + i g, before the i bytes-worth of earlier flows (i M/B)
     # have drained, so the uplink never idles and the last flow ends at t0 + n M/B
-    tr, _ = _run(star(n + 1, B, LAT), [0] * n, range(1, n + 1), [M] * n,
+    tr, _ = transfer(star(n + 1, B, LAT), [0] * n, range(1, n + 1), [M] * n,
                  message_overhead_s=OVH, message_gap_s=gap * M / B, rate_tolerance=0.0)
     assert tr.end_s == pytest.approx(2 * LAT + OVH + n * M / B, rel=1e-12)
     assert np.all(np.diff(tr.finish_s) > 0)  # first issued, first done
 
 
-def test_gap_zero_reproduces_the_closed_form_bit_for_bit():
+def test_gap_zero_reproduces_the_closed_form_bit_for_bit(transfer):
     n = 6
     args = (star(n + 1, B, LAT), [0] * n, range(1, n + 1), [M] * n)
-    tr, _ = _run(*args, message_overhead_s=OVH, message_gap_s=0.0)
+    tr, _ = transfer(*args, message_overhead_s=OVH, message_gap_s=0.0)
     assert tr.finish_s == pytest.approx([2 * LAT + OVH + n * M / B] * n, rel=1e-12)
-    old, _ = _run(*args, message_overhead_s=OVH)
+    old, _ = transfer(*args, message_overhead_s=OVH)
     assert np.array_equal(tr.finish_s, old.finish_s)
     mat = zipf(16, 8e6, 1.2, np.random.default_rng(5))
     runs = [run_collective(star(16, B, LAT), "all_to_all", "direct", mat, FabricOptions(**o))
@@ -115,25 +108,25 @@ def test_gap_zero_reproduces_the_closed_form_bit_for_bit():
     assert runs[0].stats.recomputes == runs[1].stats.recomputes
 
 
-def test_gap_only_delays_later_flows_of_the_same_source():
+def test_gap_only_delays_later_flows_of_the_same_source(transfer):
     # interleaved submission: source 0 holds slots 0, 1, 2; sources 1 and 2 slot 0 each
     g = 2 * M / B
-    tr, _ = _run(star(8, B, LAT), [0, 1, 0, 2, 0], [3, 4, 5, 6, 7], [M] * 5,
+    tr, _ = transfer(star(8, B, LAT), [0, 1, 0, 2, 0], [3, 4, 5, 6, 7], [M] * 5,
                  message_overhead_s=OVH, message_gap_s=g)
     t0 = 2 * LAT + OVH
     assert tr.finish_s == pytest.approx(t0 + M / B + np.array([0, 0, 1, 0, 2]) * g, rel=1e-12)
 
 
-def test_gap_one_message_per_source_costs_nothing():
+def test_gap_one_message_per_source_costs_nothing(transfer):
     n = 8
-    tr, _ = _run(star(2 * n, B, LAT), range(n), range(n, 2 * n), [M] * n,
+    tr, _ = transfer(star(2 * n, B, LAT), range(n), range(n, 2 * n), [M] * n,
                  message_overhead_s=OVH, message_gap_s=1e-3)
     assert tr.finish_s == pytest.approx([2 * LAT + OVH + M / B] * n, rel=1e-12)
 
 
-def test_empty_flows_take_no_gap_slot():
+def test_empty_flows_take_no_gap_slot(transfer):
     g = 2 * M / B
-    tr, _ = _run(star(4, B, LAT), [0, 0, 0], [1, 2, 3], [0.0, M, M], message_gap_s=g)
+    tr, _ = transfer(star(4, B, LAT), [0, 0, 0], [1, 2, 3], [0.0, M, M], message_gap_s=g)
     t0 = 2 * LAT
     assert tr.finish_s == pytest.approx([t0, t0 + M / B, t0 + g + M / B], rel=1e-12)
 
@@ -164,34 +157,34 @@ def test_incast_rate_is_capacity_times_eta_over_n(n):
     assert ev.value.finish_s == pytest.approx([2 * LAT + n * M / (B * eta)] * n, rel=1e-12)
 
 
-def test_incast_speeds_up_as_senders_leave():
+def test_incast_speeds_up_as_senders_leave(transfer):
     # sizes k M (k = 1..n), rate_tolerance 0: while j flows are done the n - j others share
     # B eta(n - j), so flow k ends at 2 LAT + sum_{j<k} M / (B eta(n - j) / (n - j))
     n, thr, pen = 12, 4, 0.5
-    tr, _ = _run(nic_star(n + 1), range(1, n + 1), [0] * n, M * np.arange(1, n + 1),
+    tr, _ = transfer(nic_star(n + 1), range(1, n + 1), [0] * n, M * np.arange(1, n + 1),
                  incast_threshold_flows=thr, incast_penalty=pen, rate_tolerance=0.0)
     phase = [M * (n - j) / (B * _eta(n - j, thr, pen)) for j in range(n)]
     assert tr.finish_s == pytest.approx(2 * LAT + np.cumsum(phase), rel=1e-12)
 
 
-def test_lazy_incast_is_within_tolerance_of_exact():
+def test_lazy_incast_is_within_tolerance_of_exact(transfer):
     n, thr, pen, tol = 24, 4, 0.2, 3e-3
     sizes = M * np.random.default_rng(2).uniform(0.5, 2.0, n)
     args = (nic_star(n + 1), range(1, n + 1), [0] * n, sizes)
-    exact, _ = _run(*args, incast_threshold_flows=thr, incast_penalty=pen, rate_tolerance=0.0)
-    fast, fab = _run(*args, incast_threshold_flows=thr, incast_penalty=pen, rate_tolerance=tol)
+    exact, _ = transfer(*args, incast_threshold_flows=thr, incast_penalty=pen, rate_tolerance=0.0)
+    fast, fab = transfer(*args, incast_threshold_flows=thr, incast_penalty=pen, rate_tolerance=tol)
     assert fab.stats.recomputes < n
     assert exact.end_s * (1 - 1e-9) <= fast.end_s <= exact.end_s * (1 + 2 * tol)
 
 
-def test_incast_leaves_links_into_switches_alone():
+def test_incast_leaves_links_into_switches_alone(transfer):
     n, kw = 12, {"incast_threshold_flows": 2, "incast_penalty": 1.0}
     # one sender to n receivers: its uplink (nic tier, into the leaf) carries n flows at B / n
-    tr, _ = _run(nic_star(n + 1), [0] * n, range(1, n + 1), [M] * n, **kw)
+    tr, _ = transfer(nic_star(n + 1), [0] * n, range(1, n + 1), [M] * n, **kw)
     assert tr.finish_s == pytest.approx([2 * LAT + n * M / B] * n, rel=1e-12)
     # n senders on leaf a to n receivers on leaf b: the a -> b link (nic tier, into a switch)
     # carries n flows at B / n, every last hop one flow
-    tr, fab = _run(two_leaves(n), range(n), range(n, 2 * n), [M] * n, **kw)
+    tr, fab = transfer(two_leaves(n), range(n), range(n, 2 * n), [M] * n, **kw)
     assert tr.finish_s == pytest.approx([3 * LAT + n * M / B] * n, rel=1e-12)
     assert np.array_equal(fab.effective_capacity(), fab.cluster.links.capacity_Bps)
 
@@ -217,8 +210,8 @@ def test_incast_prone_links_are_the_last_nic_hops_into_hosts():
 
 
 @pytest.mark.parametrize("n", [4, 16])
-def test_incast_penalty_zero_changes_nothing(n):
-    tr, _ = _run(nic_star(n + 1), range(1, n + 1), [0] * n, [M] * n,
+def test_incast_penalty_zero_changes_nothing(transfer, n):
+    tr, _ = transfer(nic_star(n + 1), range(1, n + 1), [0] * n, [M] * n,
                  incast_threshold_flows=1, incast_penalty=0.0)
     assert tr.finish_s == pytest.approx([2 * LAT + n * M / B] * n, rel=1e-12)
     mat = zipf(16, 8e6, 1.2, np.random.default_rng(9))

@@ -2,45 +2,21 @@
 
 import numpy as np
 import pytest
-import yaml
 
 from sim.collectives.algorithms import ring_order
 from sim.compute import dense_layer_time_s, expert_ffn_time_s
 from sim.moe.layout import Layout
-from sim.moe.plan import plan_step
 from sim.moe.run import run_training
-from sim.scenario.load import load_scenario
 from sim.topology import load_topology
-
-BASE = {
-    "name": "t", "seed": 0, "topology": "dgx-h100",
-    "model": {"hidden_size": 512, "ffn_hidden_size": 1024, "num_layers": 2,
-              "num_attention_heads": 8, "seq_length": 512},
-    "moe": {"num_experts": 16, "moe_router_topk": 2},
-    "parallel": {"expert_model_parallel_size": 8},
-}
-
-
-def scenario(tmp_path, sets=(), **sections):
-    data = {**BASE, **{k: {**BASE[k], **v} if isinstance(BASE.get(k), dict) else v
-                       for k, v in sections.items()}}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return load_scenario(path, list(sets))
-
-
-def plan(sc):
-    cl = load_topology(sc.topology.name, sc.topology.overrides)
-    lay = Layout.build(cl.num_gpus, sc.parallel.expert_model_parallel_size, sc.moe.num_experts)
-    return plan_step(sc, lay, cl.node_of)
+from tests.conftest import TRAINING
 
 
 @pytest.mark.parametrize("router", ["switch", "gshard", "topk", "expert_choice", "hash", "base"])
 @pytest.mark.parametrize("cf", [None, 1.0])
-def test_every_choice_is_processed_or_dropped_once(tmp_path, router, cf):
-    sc = scenario(tmp_path, moe={"router": {"name": router}, "moe_expert_capacity_factor": cf})
+def test_every_choice_is_processed_or_dropped_once(routing_plan, training_scenario, router, cf):
+    sc = training_scenario(moe={"router": {"name": router}, "moe_expert_capacity_factor": cf})
     tokens = sc.model.seq_length
-    for r in plan(sc):
+    for r in routing_plan(sc):
         assert np.all(r.kept <= r.routed)
         if cf is None:
             assert np.array_equal(r.kept, r.routed) and r.drop_fraction == 0.0
@@ -52,17 +28,17 @@ def test_every_choice_is_processed_or_dropped_once(tmp_path, router, cf):
 
 
 @pytest.mark.parametrize("router", ["switch", "topk", "expert_choice"])
-def test_tokens_left_without_an_expert(tmp_path, router):
+def test_tokens_left_without_an_expert(routing_plan, training_scenario, router):
     """Every token either keeps at least one expert or is counted in ``no_expert``; with top-1
     that is exactly the dropped tokens; expert choice drops nothing yet leaves tokens unpicked."""
     from sim.moe.capacity import apply_capacity
     from sim.moe.plan import _Counts
     from sim.routing import RouterContext, route
 
-    sc = scenario(tmp_path, moe={"router": {"name": router}, "moe_expert_capacity_factor": 1.0},
+    sc = training_scenario(moe={"router": {"name": router}, "moe_expert_capacity_factor": 1.0},
                   gating={"popularity_skew": 1.0})
     tokens = sc.model.seq_length
-    layers = plan(sc)
+    layers = routing_plan(sc)
     for r in layers:
         assert np.all((0 <= r.no_expert) & (r.no_expert <= tokens))
         if router == "switch":
@@ -88,29 +64,29 @@ def test_tokens_left_without_an_expert(tmp_path, router):
     assert res["no_expert_fraction"] == pytest.approx(expect, rel=1e-12)
 
 
-def test_drop_fraction_rises_with_skew_and_falls_with_capacity(tmp_path):
+def test_drop_fraction_rises_with_skew_and_falls_with_capacity(routing_plan, training_scenario):
     def drop(skew, cf):
-        sc = scenario(tmp_path, moe={"moe_expert_capacity_factor": cf},
+        sc = training_scenario(moe={"moe_expert_capacity_factor": cf},
                       gating={"popularity_skew": skew})
-        return np.mean([r.drop_fraction for r in plan(sc)])
+        return np.mean([r.drop_fraction for r in routing_plan(sc)])
 
     assert drop(0.0, 1.0) < drop(1.0, 1.0) < drop(2.0, 1.0)
     assert drop(1.0, 2.0) < drop(1.0, 1.25) < drop(1.0, 1.0)
 
 
-def test_padded_dispatch_sends_capacity_whatever_the_skew(tmp_path):
+def test_padded_dispatch_sends_capacity_whatever_the_skew(routing_plan, training_scenario):
     for skew in (0.0, 2.0):
-        sc = scenario(tmp_path, moe={"moe_expert_capacity_factor": 1.0,
+        sc = training_scenario(moe={"moe_expert_capacity_factor": 1.0,
                                      "moe_pad_expert_input_to_capacity": True},
                       gating={"popularity_skew": skew})
-        for r in plan(sc):
+        for r in routing_plan(sc):
             assert np.all(r.slots == r.capacity)  # E * C slots from every GPU
             assert r.padding_fraction == pytest.approx(1 - r.kept.sum() / r.slots.sum())
 
 
-def test_bytes_counted_across_servers_with_rings_sharing_hops(tmp_path):
+def test_bytes_counted_across_servers_with_rings_sharing_hops(training_scenario):
     # 2 servers: 8 AllReduce rings share the hops inside a server; every byte is counted once
-    sc = scenario(tmp_path, topology={"name": "h100-leaf-spine", "nodes": 2},
+    sc = training_scenario(topology={"name": "h100-leaf-spine", "nodes": 2},
                   parallel={"expert_model_parallel_size": 16},
                   gating={"popularity_skew": 1.0}, training={"overlap_grad_reduce": False})
     cl = load_topology("h100-leaf-spine", {"nodes": 2})
@@ -130,8 +106,8 @@ def test_bytes_counted_across_servers_with_rings_sharing_hops(tmp_path):
     assert total == pytest.approx(4 * a2a + ar, rel=1e-12)
 
 
-def test_bytes_dispatched_equal_bytes_combined(tmp_path):
-    sc = scenario(tmp_path, gating={"popularity_skew": 1.0},
+def test_bytes_dispatched_equal_bytes_combined(routing_plan, training_scenario):
+    sc = training_scenario(gating={"popularity_skew": 1.0},
                   training={"overlap_grad_reduce": False})
     res = run_training(sc, load_topology("dgx-h100"))
     d = [s for s in res.spans if s.category == "dispatch"]
@@ -140,7 +116,7 @@ def test_bytes_dispatched_equal_bytes_combined(tmp_path):
     # one node: all traffic is intra-node; 4 exchanges of the dispatch bytes + the AllReduce
     act = sc.model.hidden_size * sc.training.dtype_bytes
     a2a = 0.0
-    for r in plan(sc):
+    for r in routing_plan(sc):
         own = np.repeat(np.arange(8), 2)  # EP = 8 on 8 GPUs, 2 experts per GPU
         off = own[None, :] != np.arange(8)[:, None]
         a2a += (r.slots * off).sum() * act
@@ -155,9 +131,9 @@ def _inputs(sc):
     return step_inputs(sc, load_topology("dgx-h100"))
 
 
-def test_uniform_routing_step_matches_hand_computed_time(tmp_path):
+def test_uniform_routing_step_matches_hand_computed_time(training_scenario):
     # expert choice fills every expert with exactly C tokens from every GPU: a uniform A2A
-    sc = scenario(tmp_path, moe={"router": {"name": "expert_choice",
+    sc = training_scenario(moe={"router": {"name": "expert_choice",
                                             "params": {"capacity_factor": 2.0}}},
                   model={"num_layers": 1}, training={"overlap_grad_reduce": False},
                   fabric={"rate_tolerance": 0.0})
@@ -183,33 +159,33 @@ def test_uniform_routing_step_matches_hand_computed_time(tmp_path):
     assert len(ring_order(cl)) == p
 
 
-def test_same_seed_same_step(tmp_path):
-    sc = scenario(tmp_path, gating={"popularity_skew": 1.0})
+def test_same_seed_same_step(training_scenario):
+    sc = training_scenario(gating={"popularity_skew": 1.0})
     a = run_training(sc, load_topology("dgx-h100")).summary
     b = run_training(sc, load_topology("dgx-h100")).summary
     assert a == b
 
 
-def test_bad_layout_is_a_one_line_user_error(tmp_path):
+def test_bad_layout_is_a_one_line_user_error(training_scenario):
     from sim.errors import UserError
 
-    sc = scenario(tmp_path, parallel={"expert_model_parallel_size": 3})
+    sc = training_scenario(parallel={"expert_model_parallel_size": 3})
     with pytest.raises(UserError, match="expert_model_parallel_size: must divide"):
         run_training(sc, load_topology("dgx-h100"))
 
 
-def test_routing_groups_repeat_the_routing_round_robin(tmp_path):
-    sc = scenario(tmp_path, gating={"routing_groups": 3, "popularity_skew": 1.0})
-    for r in plan(sc):
+def test_routing_groups_repeat_the_routing_round_robin(routing_plan, training_scenario):
+    sc = training_scenario(gating={"routing_groups": 3, "popularity_skew": 1.0})
+    for r in routing_plan(sc):
         for g in range(8):
             assert np.array_equal(r.routed[g], r.routed[g % 3])
-    full = plan(scenario(tmp_path, gating={"popularity_skew": 1.0}))
-    assert np.array_equal(full[0].routed[:3], plan(sc)[0].routed[:3])  # same first groups
+    full = routing_plan(training_scenario(gating={"popularity_skew": 1.0}))
+    assert np.array_equal(full[0].routed[:3], routing_plan(sc)[0].routed[:3])  # same first groups
     assert not np.array_equal(full[0].routed[3], full[0].routed[0])
 
 
-def test_progress_reports_routing_and_every_layer(tmp_path):
-    sc = scenario(tmp_path)
+def test_progress_reports_routing_and_every_layer(training_scenario):
+    sc = training_scenario()
     seen = []
     run_training(sc, load_topology("dgx-h100"), progress=lambda *a: seen.append(a))
     assert ("routing", 8, 8) in seen
@@ -217,41 +193,42 @@ def test_progress_reports_routing_and_every_layer(tmp_path):
     assert seen[-1] == ("backward", 2, 2)
 
 
-def test_a_recorded_trace_replaces_generator_and_router(tmp_path):
+def test_a_recorded_trace_replaces_generator_and_router(routing_plan, training_scenario, tmp_path):
     from sim.errors import UserError
     from sim.workload import RoutingTrace, save_trace
 
     rng = np.random.default_rng(0)
-    tokens = BASE["model"]["seq_length"]
+    tokens = TRAINING["model"]["seq_length"]
     logits = rng.normal(size=(2, 8 * tokens, 16)).astype(np.float32)
     trace = RoutingTrace.from_logits(logits, top_k=2)
     path = tmp_path / "trace.npz"
     save_trace(trace, path)
-    sc = scenario(tmp_path, gating={"trace": str(path)})
-    for li, r in enumerate(plan(sc)):
+    sc = training_scenario(gating={"trace": str(path)})
+    for li, r in enumerate(routing_plan(sc)):
         for g in (0, 5):
             chosen = trace.experts[li, g * tokens:(g + 1) * tokens].ravel()
             assert np.array_equal(r.routed[g], np.bincount(chosen, minlength=16))
     res = run_training(sc, load_topology("dgx-h100"))
     assert res.summary["step_time_s"] > 0
-    bad = scenario(tmp_path, gating={"trace": str(path)}, moe={"num_experts": 8})
+    bad = training_scenario(gating={"trace": str(path)}, moe={"num_experts": 8})
     with pytest.raises(UserError, match="num_experts"):
-        plan(bad)
+        routing_plan(bad)
 
 
-def test_dropless_padded_dispatch_pads_everyone_to_the_largest_load(tmp_path):
-    sc = scenario(tmp_path, moe={"moe_pad_expert_input_to_capacity": True},
+def test_dropless_padded_dispatch_pads_everyone_to_the_largest_load(routing_plan,
+                                                                    training_scenario):
+    sc = training_scenario(moe={"moe_pad_expert_input_to_capacity": True},
                   gating={"popularity_skew": 1.0})
-    for r in plan(sc):
+    for r in routing_plan(sc):
         assert np.all(r.slots == r.kept.max()) and r.drop_fraction == 0.0
 
 
 @pytest.mark.parametrize(("tp", "etp"), [(2, 2), (2, 1), (4, 4)])
-def test_tensor_parallel_step_matches_hand_computed_time(tmp_path, tp, etp):
+def test_tensor_parallel_step_matches_hand_computed_time(training_scenario, tp, etp):
     # sequence parallel: each rank routes t/tp tokens; expert choice fills every expert evenly
     p, e = 8, 16
     units = p // etp
-    sc = scenario(tmp_path, moe={"router": {"name": "expert_choice",
+    sc = training_scenario(moe={"router": {"name": "expert_choice",
                                             "params": {"capacity_factor": 2.0}}},
                   model={"num_layers": 1}, training={"overlap_grad_reduce": False},
                   fabric={"rate_tolerance": 0.0},
@@ -303,31 +280,31 @@ def test_expert_tensor_parallel_layout():
     ({"tensor_model_parallel_size": 4, "expert_model_parallel_size": 8},
      "must divide the 2 TP groups"),
 ])
-def test_bad_tensor_parallel_layout_is_a_user_error(tmp_path, par, match):
+def test_bad_tensor_parallel_layout_is_a_user_error(training_scenario, par, match):
     from sim.errors import UserError
 
-    sc = scenario(tmp_path, parallel=par)
+    sc = training_scenario(parallel=par)
     with pytest.raises(UserError, match=match):
         run_training(sc, load_topology("dgx-h100"))
 
 
-def test_tensor_parallel_must_divide_the_heads(tmp_path):
+def test_tensor_parallel_must_divide_the_heads(training_scenario):
     from sim.errors import UserError
 
-    sc = scenario(tmp_path, model={"num_attention_heads": 6},
+    sc = training_scenario(model={"num_attention_heads": 6},
                   parallel={"tensor_model_parallel_size": 4, "expert_model_parallel_size": 2})
     with pytest.raises(UserError, match="num_attention_heads = 6"):
         run_training(sc, load_topology("dgx-h100"))
 
 
-def test_hierarchical_dispatch_moves_the_same_inter_node_bytes(tmp_path):
+def test_hierarchical_dispatch_moves_the_same_inter_node_bytes(training_scenario):
     base = {"topology": {"name": "h100-leaf-spine", "nodes": 2},
             "parallel": {"expert_model_parallel_size": 16}, "gating": {"popularity_skew": 1.0},
             "training": {"overlap_grad_reduce": False}}
-    direct = run_training(s := scenario(tmp_path, **base),
+    direct = run_training(s := training_scenario(**base),
                           load_topology("h100-leaf-spine", {"nodes": 2})).summary
     base["training"]["a2a_algorithm"] = "hierarchical"
-    hier = run_training(scenario(tmp_path, **base),
+    hier = run_training(training_scenario(**base),
                         load_topology("h100-leaf-spine", {"nodes": 2})).summary
     assert s.training.a2a_algorithm == "direct"
     assert hier["inter_node_bytes"] == pytest.approx(direct["inter_node_bytes"])
@@ -336,16 +313,16 @@ def test_hierarchical_dispatch_moves_the_same_inter_node_bytes(tmp_path):
     assert hier["a2a_time_s"] != direct["a2a_time_s"]
 
 
-def test_bilevel_dispatch_crosses_nodes_once_on_the_source_rail(tmp_path):
+def test_bilevel_dispatch_crosses_nodes_once_on_the_source_rail(training_scenario):
     from sim.collectives.algorithms import hierarchical_stages
 
     base = {"topology": {"name": "h100-leaf-spine", "nodes": 2},
             "parallel": {"expert_model_parallel_size": 16}, "gating": {"popularity_skew": 1.0},
             "training": {"overlap_grad_reduce": False, "a2a_algorithm": "bilevel"}}
     cl = load_topology("h100-leaf-spine", {"nodes": 2})
-    bilevel = run_training(scenario(tmp_path, **base), cl).summary
+    bilevel = run_training(training_scenario(**base), cl).summary
     base["training"]["a2a_algorithm"] = "direct"
-    direct = run_training(scenario(tmp_path, **base), cl).summary
+    direct = run_training(training_scenario(**base), cl).summary
     assert bilevel["inter_node_bytes"] == pytest.approx(direct["inter_node_bytes"])
     assert bilevel["intra_node_bytes"] > direct["intra_node_bytes"]  # the second hop
     # the stages: across nodes only between equal local ranks, then only inside a node
@@ -359,8 +336,8 @@ def test_bilevel_dispatch_crosses_nodes_once_on_the_source_rail(tmp_path):
     assert cross[2].sum() == pytest.approx(m[off].sum())  # every cross-node byte once
 
 
-def test_placement_moves_experts_and_their_traffic(tmp_path):
-    sc = scenario(tmp_path, gating={"popularity_skew": 1.0}, moe={"moe_router_topk": 1})
+def test_placement_moves_experts_and_their_traffic(training_scenario):
+    sc = training_scenario(gating={"popularity_skew": 1.0}, moe={"moe_router_topk": 1})
     cl = load_topology("dgx-h100")
     default = run_training(sc, cl)
     block = np.repeat(np.arange(8), 2)  # the default: experts 2g, 2g+1 on GPU g
@@ -378,9 +355,9 @@ def test_placement_moves_experts_and_their_traffic(tmp_path):
     (np.full((2, 16), 8), "must be in 0..7"),
     (np.zeros((2, 16)), "integer GPU indices"),
 ])
-def test_bad_placement_is_a_user_error(tmp_path, placement, match):
+def test_bad_placement_is_a_user_error(training_scenario, placement, match):
     from sim.errors import UserError
 
-    sc = scenario(tmp_path)
+    sc = training_scenario()
     with pytest.raises(UserError, match=match):
         run_training(sc, load_topology("dgx-h100"), placement=placement)

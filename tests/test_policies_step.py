@@ -7,22 +7,21 @@ import pytest
 from sim.moe.capacity import critical_capacity_tokens
 from sim.moe.run import run_training
 from sim.topology import load_topology
-from tests.test_moe_step import scenario
 
 TWO_NODES = {"topology": {"name": "h100-leaf-spine", "nodes": 2},
              "parallel": {"expert_model_parallel_size": 16},
              "moe": {"moe_router_topk": 1}, "training": {"overlap_grad_reduce": False}}
 
 
-def _run(tmp_path, **sections):
+def _run(training_scenario, **sections):
     merged = {k: {**TWO_NODES.get(k, {}), **sections.get(k, {})}
               for k in {*TWO_NODES, *sections}}
-    sc = scenario(tmp_path, **merged)
+    sc = training_scenario(**merged)
     return run_training(sc, load_topology("h100-leaf-spine", {"nodes": 2})).summary
 
 
-def test_locmoe_moves_tokens_and_bytes_onto_the_node(tmp_path):
-    runs = [_run(tmp_path, moe={"router": {"name": "locmoe",
+def test_locmoe_moves_tokens_and_bytes_onto_the_node(training_scenario):
+    runs = [_run(training_scenario, moe={"router": {"name": "locmoe",
                                            "params": {"locality_bias": b}}})
             for b in (0.0, 1.0, 3.0)]
     local = [r["node_local_fraction"] for r in runs]
@@ -37,10 +36,10 @@ def test_locmoe_moves_tokens_and_bytes_onto_the_node(tmp_path):
     assert rest == pytest.approx([rest[0]] * 3)
 
 
-def test_smile_bilevel_crosses_nodes_no_more_than_flat(tmp_path):
+def test_smile_bilevel_crosses_nodes_no_more_than_flat(training_scenario):
     smile = {"router": {"name": "smile"}}
-    flat = _run(tmp_path, moe=smile)
-    two = _run(tmp_path, moe=smile, training={"a2a_algorithm": "bilevel"})
+    flat = _run(training_scenario, moe=smile)
+    two = _run(training_scenario, moe=smile, training={"a2a_algorithm": "bilevel"})
     assert two["inter_node_bytes"] == pytest.approx(flat["inter_node_bytes"])
     assert two["a2a_inter_node_bytes"] == pytest.approx(flat["a2a_inter_node_bytes"])
     assert flat["a2a_inter_node_bytes"] > 0
@@ -49,18 +48,18 @@ def test_smile_bilevel_crosses_nodes_no_more_than_flat(tmp_path):
     assert flat["drop_fraction"] == two["drop_fraction"]  # same routing, different exchange
 
 
-def test_critical_capacity_runs_at_the_theorem_bound(tmp_path):
-    s = _run(tmp_path, moe={"moe_expert_capacity_factor": "critical",
+def test_critical_capacity_runs_at_the_theorem_bound(training_scenario):
+    s = _run(training_scenario, moe={"moe_expert_capacity_factor": "critical",
                             "critical_capacity_delta": 0.05, "router": {"name": "locmoe"}})
     bound = critical_capacity_tokens(512, 16, 0.05)
     assert s["capacity_slots"] == max(1, math.ceil(bound))
     assert s["drop_fraction"] > 0.5  # a handful of slots per expert: most tokens pass through
 
 
-def test_bad_router_parameter_names_the_file(tmp_path):
+def test_bad_router_parameter_names_the_file(training_scenario, tmp_path):
     from sim.errors import UserError
 
-    sc = scenario(tmp_path, moe={"router": {"name": "locmoe",
+    sc = training_scenario(moe={"router": {"name": "locmoe",
                                             "params": {"locality_bias": -1}}})
     with pytest.raises(UserError, match=r"s\.yaml: moe\.router: .*locality_bias"):
         run_training(sc, load_topology("dgx-h100"), str(tmp_path / "s.yaml"))

@@ -9,7 +9,6 @@ from sim.moe.run import run_training
 from sim.routing import RouterContext, route
 from sim.routing.common import softmax
 from sim.topology import load_topology
-from tests.test_moe_step import plan, scenario
 
 
 def _group(k=1, cap=8, seed=0, t=64, e=8, skew=1.5):
@@ -58,18 +57,18 @@ def test_intra_gpu_any_takes_more_tokens_than_all_with_top2():
     assert any_.sum() > all_.sum()
 
 
-def _run(tmp_path, rect, pad=False, cf=1.0, k=1, tol=0.0):
-    sc = scenario(tmp_path, moe={"moe_router_topk": k, "moe_expert_capacity_factor": cf,
+def _run(training_scenario, rect, pad=False, cf=1.0, k=1, tol=0.0):
+    sc = training_scenario(moe={"moe_router_topk": k, "moe_expert_capacity_factor": cf,
                                  "moe_pad_expert_input_to_capacity": pad, "rectify": rect},
                   gating={"popularity_skew": 1.5}, training={"overlap_grad_reduce": False},
                   fabric={"rate_tolerance": tol})
     return sc, run_training(sc, load_topology("dgx-h100")).summary
 
 
-def test_ir_drops_nothing_with_a_local_expert_and_adds_no_traffic(tmp_path):
-    sc, vanilla = _run(tmp_path, {})
-    sc_ir, ir = _run(tmp_path, {"intra_gpu": True})
-    layers = plan(sc_ir)
+def test_ir_drops_nothing_with_a_local_expert_and_adds_no_traffic(training_scenario, routing_plan):
+    sc, vanilla = _run(training_scenario, {})
+    sc_ir, ir = _run(training_scenario, {"intra_gpu": True})
+    layers = routing_plan(sc_ir)
     for r in layers:
         dropped = r.routed.sum(axis=1) - r.kept.sum(axis=1)  # per GPU, top-1 rows = tokens
         assert np.array_equal(r.local.sum(axis=1), dropped)  # every GPU hosts experts
@@ -85,32 +84,32 @@ def test_ir_drops_nothing_with_a_local_expert_and_adds_no_traffic(tmp_path):
     assert ir["step_time_s"] > vanilla["step_time_s"]
 
 
-def test_fr_is_free_when_padded_and_costs_bytes_when_variable(tmp_path):
-    _, van_pad = _run(tmp_path, {}, pad=True)
-    _, fr_pad = _run(tmp_path, {"fill_in": True}, pad=True)
+def test_fr_is_free_when_padded_and_costs_bytes_when_variable(training_scenario, routing_plan):
+    _, van_pad = _run(training_scenario, {}, pad=True)
+    _, fr_pad = _run(training_scenario, {"fill_in": True}, pad=True)
     assert fr_pad["fill_in_fraction"] > 0
     assert fr_pad["intra_node_bytes"] == van_pad["intra_node_bytes"]
     assert fr_pad["padding_fraction"] == pytest.approx(
         van_pad["padding_fraction"] - fr_pad["fill_in_fraction"])
     assert fr_pad["drop_fraction"] == van_pad["drop_fraction"]
-    _, van = _run(tmp_path, {})
-    sc, fr = _run(tmp_path, {"fill_in": True})
-    filled = sum(float(r.filled.sum()) for r in plan(sc))
-    own = sum(float(np.trace(r.filled.reshape(8, 8, 2).sum(axis=2))) for r in plan(sc))
+    _, van = _run(training_scenario, {})
+    sc, fr = _run(training_scenario, {"fill_in": True})
+    filled = sum(float(r.filled.sum()) for r in routing_plan(sc))
+    own = sum(float(np.trace(r.filled.reshape(8, 8, 2).sum(axis=2))) for r in routing_plan(sc))
     act = sc.model.hidden_size * sc.training.dtype_bytes
     # 4 exchanges per layer (dispatch, combine, forward and backward) of the filled slots
     assert fr["intra_node_bytes"] - van["intra_node_bytes"] == pytest.approx(
         4 * (filled - own) * act)
 
 
-def test_rectify_with_a_trace_is_a_user_error(tmp_path):
+def test_rectify_with_a_trace_is_a_user_error(training_scenario, tmp_path):
     from sim.errors import UserError
     from sim.workload import RoutingTrace, save_trace
 
     path = tmp_path / "t.npz"
     experts = np.zeros((2, 512, 1), dtype=np.int64)
     save_trace(RoutingTrace(experts, np.ones((2, 512, 1), np.float32), 16), path)
-    sc = scenario(tmp_path, moe={"moe_router_topk": 1, "rectify": {"intra_gpu": True}},
+    sc = training_scenario(moe={"moe_router_topk": 1, "rectify": {"intra_gpu": True}},
                   gating={"trace": str(path)})
     with pytest.raises(UserError, match="moe.rectify needs"):
         run_training(sc, load_topology("dgx-h100"))

@@ -328,13 +328,12 @@ def test_link_heatmap_cells_are_the_link_utilisations():
         link_heatmap(links, tiers=["core"])
 
 
-def test_link_heatmap_of_a_run_covers_every_link_and_none_is_over_full(tmp_path):
+def test_link_heatmap_of_a_run_covers_every_link_and_none_is_over_full(training_scenario):
     from sim.moe.run import run_training
     from sim.report import link_heatmap
     from sim.topology import load_topology
-    from tests.test_moe_step import scenario
 
-    sc = scenario(tmp_path, topology={"name": "h100-leaf-spine", "nodes": 2},
+    sc = training_scenario(topology={"name": "h100-leaf-spine", "nodes": 2},
                   parallel={"expert_model_parallel_size": 16})
     result = run_training(sc, load_topology("h100-leaf-spine", {"nodes": 2}))
     fig = link_heatmap(result.links)
@@ -404,17 +403,12 @@ def test_link_names_number_parallel_links():
     assert link_names(rows) == ["a → b", "a → c", "a → b (2)"]
 
 
-def test_links_csv_names_every_link_by_its_ends(tmp_path):
-    import yaml
-
+def test_links_csv_names_every_link_by_its_ends(training_file):
     from sim.moe.run import run_training
     from sim.scenario import load_scenario
     from sim.topology import load_topology
-    from tests.test_moe_step import BASE
 
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    sc = load_scenario(path)
+    sc = load_scenario(training_file())
     cluster = load_topology(sc.topology.name, sc.topology.overrides)
     names = cluster.node_names
     for r in run_training(sc, cluster).links:

@@ -10,22 +10,11 @@ from sim.errors import UserError
 from sim.scenario.load import load_scenario
 from sim.serving.engine import run_serving
 from sim.topology import load_topology
-
-BASE = {
-    "name": "s", "seed": 0, "topology": {"name": "dgx-h100", "gpu": "a100_sxm"},
-    "model": {"hidden_size": 256, "ffn_hidden_size": 1024, "num_layers": 4,
-              "num_attention_heads": 4, "moe_layer_freq": 2},
-    "moe": {"num_experts": 8, "moe_router_topk": 1},
-    "gating": {"vocab_size": 1000, "sigma_ctx": 2.0},
-    "serving": {"requests": {"poisson": {"n": 2, "rate_per_s": 1000.0, "prompt_tokens": 16,
-                                         "output_tokens": 8}},
-                "max_running": 1, "attention_overhead_us": 100, "expert_overhead_us": 200,
-                "offload": {"h2d_latency_us": 3.0}},
-}
+from tests.conftest import SERVING
 
 
 def run(tmp_path, mode="gpu_only", sets=(), **serving):
-    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data = yaml.safe_load(yaml.safe_dump(SERVING))
     data["serving"].update(serving)
     data["serving"]["offload"]["mode"] = mode
     path = tmp_path / "s.yaml"
@@ -146,10 +135,8 @@ def test_same_seed_same_run(tmp_path):
     assert a == b
 
 
-def test_serving_cli_writes_files(tmp_path):
-    from tests.test_cli_run import moesim
-
-    data = yaml.safe_load(yaml.safe_dump(BASE))
+def test_serving_cli_writes_files(moesim, tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(SERVING))
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
@@ -219,7 +206,7 @@ def test_a_training_only_field_in_a_serving_scenario_is_refused(tmp_path, key):
     from sim.scenario.serving import TRAINING_ONLY
 
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    path.write_text(yaml.safe_dump(SERVING))
     value = TRAINING_ONLY_VALUES[key]
     field = next(p for p in TRAINING_ONLY if key == p or key.startswith(p + "."))
     with pytest.raises(UserError) as e:
@@ -237,7 +224,7 @@ def test_a_training_only_field_in_a_serving_scenario_is_refused(tmp_path, key):
 ])
 def test_serving_honours_the_top_k_routers_and_refuses_the_others(tmp_path, sets, ok):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    path.write_text(yaml.safe_dump(SERVING))
     if ok:
         assert load_scenario(path, sets).moe.router.name in ("switch", "topk")
         return
@@ -252,11 +239,9 @@ def test_switch_and_topk_serve_alike_at_top_1(tmp_path):
     assert a.summary == b.summary
 
 
-def test_a_serving_cli_mistake_is_one_line_and_writes_nothing(tmp_path):
-    from tests.test_cli_run import moesim
-
+def test_a_serving_cli_mistake_is_one_line_and_writes_nothing(moesim, tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(BASE))
+    path.write_text(yaml.safe_dump(SERVING))
     proc = moesim("run", path, "--set", "gating.trace=t.npz", "--out", tmp_path / "out")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "gating.trace: not used by a serving run" in proc.stderr

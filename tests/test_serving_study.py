@@ -5,14 +5,14 @@ import pytest
 from sim.scenario.load import load_scenario
 from sim.serving.cache import replay
 from sim.serving.study import cache_study, decode_steps, main
-from tests.test_serving import BASE
+from tests.conftest import SERVING, TRAINING
 
 
 @pytest.fixture
 def scenario(tmp_path):
     import yaml
 
-    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data = yaml.safe_load(yaml.safe_dump(SERVING))
     data["serving"]["router"] = "layer_aligned"
     data["serving"]["requests"]["poisson"].update(n=6, output_tokens=40)
     path = tmp_path / "s.yaml"
@@ -49,10 +49,9 @@ def test_study_command_prints_a_table(scenario, capsys):
 def test_study_refuses_a_training_scenario(tmp_path, capsys):
     import yaml
 
-    from tests.test_moe_step import BASE as TRAIN
 
     path = tmp_path / "t.yaml"
-    path.write_text(yaml.safe_dump(TRAIN))
+    path.write_text(yaml.safe_dump(TRAINING))
     with pytest.raises(SystemExit) as e:
         main([str(path)])
     assert e.value.code == 2

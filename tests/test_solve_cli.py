@@ -12,13 +12,9 @@ from sim.moe.run import run_training
 from sim.runs import simulate
 from sim.scenario.load import load_scenario
 from sim.topology import load_topology
-from tests.test_cli_run import moesim
-from tests.test_moe_step import BASE
+from tests.conftest import TRAINING, TWO_SERVERS, merged
 
-TRAIN = {**BASE, "topology": {"name": "h100-leaf-spine", "nodes": 2},
-         "moe": {**BASE["moe"], "moe_router_topk": 1},
-         "parallel": {"expert_model_parallel_size": 16},
-         "gating": {"popularity_skew": 1.0, "affinity": 2.0}}
+TRAIN = merged(TRAINING, **TWO_SERVERS)
 
 
 @pytest.fixture
@@ -28,7 +24,7 @@ def scenario(tmp_path):
     return path
 
 
-def test_solve_placement_then_run_with_it(scenario, tmp_path):
+def test_solve_placement_then_run_with_it(moesim, scenario, tmp_path):
     answer = tmp_path / "place.json"
     proc = moesim("solve", "placement", scenario, "--solver", "greedy", "--out", answer)
     assert proc.returncode == 0, proc.stderr
@@ -66,7 +62,7 @@ def test_scenario_placement_solver_runs_before_the_step(scenario, tmp_path):
     (["solve", "placement", "{scenario}"], "--out"),
     (["solve", "placement", "{scenario}", "--solver", "sat", "--out", "x.json"], "sat"),
 ])
-def test_solve_bad_input_is_one_line(scenario, tmp_path, args, match):
+def test_solve_bad_input_is_one_line(moesim, scenario, tmp_path, args, match):
     args = [a.replace("{scenario}", str(scenario)) for a in args]
     proc = moesim(*args, cwd=tmp_path)
     assert proc.returncode == 2
@@ -75,7 +71,7 @@ def test_solve_bad_input_is_one_line(scenario, tmp_path, args, match):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_bad_placement_file_in_a_scenario(tmp_path):
+def test_bad_placement_file_in_a_scenario(moesim, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"assign": [[0, 1]]}')
     data = {**TRAIN, "placement": {"file": str(bad)}}
@@ -86,7 +82,7 @@ def test_bad_placement_file_in_a_scenario(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_generate_then_admit_from_the_cli(tmp_path):
+def test_generate_then_admit_from_the_cli(moesim, tmp_path):
     from sim.solve.pfar import Answer, Problem, check
 
     prob = tmp_path / "p.json"
@@ -113,7 +109,7 @@ def test_generate_then_admit_from_the_cli(tmp_path):
     assert json.loads((tmp_path / "h.json").read_text())["objective"] == objectives["ilp"]
 
 
-def test_bad_admission_problem_is_one_line(tmp_path):
+def test_bad_admission_problem_is_one_line(moesim, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"nodes": ["a"]}')
     proc = moesim("solve", "admission", bad, "--out", tmp_path / "x.json")
@@ -201,7 +197,7 @@ def test_admission_problem_is_the_dispatch_between_servers(scenario):
     assert 0 < ans.admitted < len(short.flows)
 
 
-def test_solve_generate_from_scenario_and_its_errors(scenario, tmp_path):
+def test_solve_generate_from_scenario_and_its_errors(moesim, scenario, tmp_path):
     out = tmp_path / "a2a.json"
     proc = moesim("solve", "generate", "--scenario", scenario, "--window-us", "50", "--out", out)
     assert proc.returncode == 0, proc.stderr

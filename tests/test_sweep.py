@@ -19,8 +19,8 @@ from sim.errors import UserError
 from sim.runs.results import load_sweep
 from sim.runs.sweep import format_table, load_sweep_spec, run_sweep
 from sim.runs.sweep.backends import connect
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios" / "moe-switch-h100.yaml"
 #: One DGX node, 2 layers, 32 experts: ~0.05 s a run.
 SMALL = {"model.num_layers": 2, "model.micro_batch_size": 2, "topology.nodes": 1,
@@ -36,11 +36,6 @@ def write_sweep(directory: Path, name: str = "s.yaml", **body) -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def moesim(*args, cwd: Path = REPO, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sim.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, **kw)
 
 
 def without_wall(rows: list[dict]) -> list[dict]:
@@ -115,7 +110,8 @@ def test_rows_reflect_the_points(grid_file, local_rows):
     assert by_seed[1] != by_seed[2]
 
 
-def test_same_rows_on_dask_as_on_the_local_pool(grid_file, local_rows, dask_address, tmp_path):
+def test_same_rows_on_dask_as_on_the_local_pool(moesim, grid_file, local_rows, dask_address,
+                                                tmp_path):
     result = run_sweep(load_sweep_spec(grid_file), tmp_path / "dask", scheduler=dask_address)
     assert result.ran == 12
     assert without_wall(result.rows) == without_wall(local_rows)
@@ -182,7 +178,7 @@ def _wait_gone(pgid: int, timeout_s: float = 20) -> None:
     raise AssertionError(f"processes of group {pgid} still alive after SIGKILL")
 
 
-def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+def test_killed_sweep_resumes_without_redoing_finished_runs(moesim, tmp_path):
     # 4 nodes, 2 layers: ~0.5 s a run, so the kill lands half way
     slow = {"model.num_layers": 2, "model.micro_batch_size": 2}
     path = write_sweep(tmp_path, set=slow, grid={CF: [0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
@@ -219,7 +215,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert load_sweep(out / "sweep.jsonl") == rows
 
 
-def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_failing_run_is_recorded_and_the_sweep_goes_on(moesim, tmp_path):
     # expert parallel 3 passes the schema but cannot divide the node's 8 GPUs: a run-time error
     path = write_sweep(tmp_path, grid={"parallel.expert_model_parallel_size": [8, 3, 4]})
     out = tmp_path / "out"

@@ -20,30 +20,20 @@ def placement_problem(scenario, cluster):
 
 
 def solve_placement_problem(problem, solver: str, time_limit_s: float, seed: int):
-    """Solve with ``ilp``, ``ga`` or ``greedy``; returns the PlacementAnswer."""
-    from sim.solve import placement
+    """Solve with a registered placement solver (``ilp``, ``ga``, ``greedy``); returns the
+    PlacementAnswer."""
+    from sim.solve.registry import PLACEMENT_SOLVERS
 
-    if solver == "ilp":
-        return placement.solve_ilp(problem, time_limit_s=time_limit_s)
-    if solver == "ga":
-        return placement.solve_ga(problem, seed=seed, time_limit_s=time_limit_s)
-    if solver == "greedy":
-        return placement.greedy(problem)
-    raise UserError(f"solver: {solver!r} is not one of ilp, ga, greedy")
+    return PLACEMENT_SOLVERS.get(solver)(problem, time_limit_s, seed)
 
 
 def solve_admission_problem(problem, solver: str, time_limit_s: float, seed: int,
                             backend: str = "cbc"):
-    """Solve a flow admission problem with ``ilp``, ``ga`` or ``greedy``; returns the Answer."""
-    from sim.solve import pfar
+    """Solve a flow admission problem with a registered admission solver (``ilp``, ``ga``,
+    ``greedy``); returns the Answer."""
+    from sim.solve.registry import ADMISSION_SOLVERS
 
-    if solver == "ilp":
-        return pfar.solve_ilp(problem, time_limit_s=time_limit_s, backend=backend)
-    if solver == "ga":
-        return pfar.solve_ga(problem, seed=seed, time_limit_s=time_limit_s)
-    if solver == "greedy":
-        return pfar.greedy(problem)
-    raise UserError(f"solver: {solver!r} is not one of ilp, ga, greedy")
+    return ADMISSION_SOLVERS.get(solver)(problem, time_limit_s, seed, backend=backend)
 
 
 def admission_problem(scenario, cluster, layer: int = 0, window_s: float | None = None,
