@@ -321,3 +321,15 @@ def test_bad_set(tmp_path, arg, expected):
     assert expected in msg
     if "=" in arg and arg.split("=")[0] and ".." not in arg and "[1," not in arg:
         assert f"[from --set {arg}]" in msg
+
+
+def test_a_training_step_needs_its_sequence_length(tmp_path):
+    from tests.conftest import TRAINING, merged
+
+    data = merged(TRAINING)
+    del data["model"]["seq_length"]
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=rf"^{path}: model\.seq_length: required for a training "
+                                        "step"):
+        load_scenario(path)

@@ -169,7 +169,8 @@ def compare(path: Path, variants: Sequence[Variant], sets: Sequence[str] = (),
 
 def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
     """A fixed-width table of the rows for the terminal: variant, the swept value, then the
-    catalogue's ``compare`` metrics in their display units, speedup after the main one."""
+    catalogue's ``compare`` metrics that some row has, in their display units, speedup after
+    the main one."""
     if not rows:
         return ""
     kind = rows[0]["kind"]
@@ -178,8 +179,8 @@ def format_table(rows: Sequence[dict], sweep_key: str | None) -> str:
     if sweep_key:
         heads.append((sweep_key, lambda r: str(r["sweep"])))
     for m in catalogue.view(kind, "compare"):
-        if m.key == "kind":
-            continue
+        if m.key == "kind" or all(r.get(m.key) is None for r in rows):
+            continue  # a metric no variant has (SMILE's balance without SMILE)
         heads.append((m.short or m.heading, lambda r, m=m: m.format(r.get(m.key))))
         if m is main:
             heads.append(("speedup", lambda r: f"{r['speedup']:.3f}x"))
