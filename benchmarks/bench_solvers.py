@@ -3,9 +3,9 @@
 PFAR (priority flow admission and routing, ``sim.solve.pfar``): for each (nodes, flows) size and
 each instance family, one instance from ``generate(nodes, flows, seed, ...)`` (linear weights):
 
-* ``equal``: every flow the same rate (``demand_sigma=0``) at offered load 0.6, so that about
-  20 % of the flows must be rejected (fixed-rate SDN flows);
-* ``skewed``: lognormal rates (``demand_sigma=1``) at offered load 1.0 (13-29 % rejected).
+* ``equal``: every flow the same rate (``demand_sigma=0``) at offered load 0.6, so that 19-39 %
+  of the flows must be rejected (fixed-rate SDN flows);
+* ``skewed``: lognormal rates (``demand_sigma=1``) at offered load 1.0 (14-30 % rejected).
 
 The ILP runs with a wall-clock limit (default 60 s); the GA then gets the same budget the ILP used
 (its wall time, capped at the limit) and unlimited generations, so both sides had equal time.

@@ -30,6 +30,7 @@ from sim.metrics import catalogue
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w-]*)((?:\+[A-Za-z]+)*)\s*(?:\((.*)\))?\s*$")
 
+
 @dataclass(frozen=True)
 class Variant:
     """A parsed variant: its label, router (None: the scenario's), router parameters and

@@ -22,9 +22,10 @@ def generate(nodes: int, flows: int, seed: int, *, k_paths: int = 4, weighting: 
     probabilities ``capacity_p``. Flows: src uniform, dst uniform among the others, priority
     uniform in 1..``priorities``, demand lognormal(0, ``demand_sigma``) (skewed), scaled so that
     the offered load ``sum(demand * shortest hops) / sum(arc capacity)`` equals ``load``. Load
-    gathers on the 10 Gbit/s links, so at the default 1.0 the best known answers reject 13-29 %
-    of the flows (13 % at 10 nodes and 500 flows, 19 % at 50 nodes and 2,000; see
-    ``benchmarks/bench_solvers.py``). Demands are rounded to 1e-4 Gbit/s (at least 1e-4).
+    gathers on the 10 Gbit/s links, so at the default 1.0 the best known answers reject 14-30 %
+    of the flows (17 % at 10 nodes and 500 flows, 23 % at 50 nodes and 2,000; see
+    ``benchmarks/bench_solvers.py``). Draws come from ``sim.rng.stream(seed, "instances")``.
+    Demands are rounded to 1e-4 Gbit/s (at least 1e-4).
     """
     if nodes < 2 or flows < 0:
         raise UserError("generate: need nodes >= 2 and flows >= 0")
