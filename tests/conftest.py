@@ -119,14 +119,15 @@ def routing_plan() -> Callable:
 
 @pytest.fixture
 def transfer() -> Callable:
-    """``transfer(cluster, src, dst, nbytes, **fabric_options)`` -> (arrival times, fabric):
-    one batch of flows on a fresh fabric, from time 0 until the last arrives."""
+    """``transfer(cluster, src, dst, nbytes, rate_cap=None, delay_s=0, **fabric_options)`` ->
+    (arrival times, fabric): one batch of flows on a fresh fabric, from time 0 until the last
+    arrives."""
     from sim.network import Fabric, FabricOptions
 
-    def run(cluster, src, dst, nbytes, **opts):
+    def run(cluster, src, dst, nbytes, rate_cap=None, delay_s=0.0, **opts):
         env = simpy.Environment()
         fab = Fabric(env, cluster, FabricOptions(**opts))
-        ev = fab.transfer(src, dst, nbytes)
+        ev = fab.transfer(src, dst, nbytes, rate_cap, delay_s)
         env.run(ev)
         return ev.value, fab
     return run

@@ -137,3 +137,38 @@ def test_pipelined_ring_all_reduce_alone_equals_the_stepped_ring():
         times.append(proc.value)
     expect = 2 * (p - 1) * (2 * LAT + 1e-6) + 2 * (p - 1) / p * m / B
     assert times == pytest.approx([expect, expect], rel=1e-12)
+
+
+def test_a_capped_flow_takes_its_cap_and_leaves_the_rest(transfer):
+    # alone: latency + bytes / cap
+    tr, _ = transfer(star(2, B, LAT), [0], [1], [1e6], rate_cap=B / 4, delay_s=5e-6)
+    assert tr.finish_s[0] == pytest.approx(2 * LAT + 5e-6 + 1e6 / (B / 4), rel=1e-12)
+    # sharing a link: the capped flow takes its cap, the other the rest (max-min)
+    tr, _ = transfer(star(3, B, LAT), [0, 1], [2, 2], [1e6, 1e6], rate_cap=[B / 4, np.inf],
+                     rate_tolerance=0.0)
+    fast = 1e6 / (3 * B / 4)
+    assert tr.finish_s[1] == pytest.approx(2 * LAT + fast, rel=1e-12)
+    # once the fast one is done, the capped one keeps its cap (the link is free, its cap is not)
+    assert tr.finish_s[0] == pytest.approx(2 * LAT + 1e6 / (B / 4), rel=1e-12)
+    with pytest.raises(ValueError, match="rate caps must be > 0"):
+        transfer(star(2, B, LAT), [0], [1], [1.0], rate_cap=0.0)
+
+
+def test_max_min_with_caps_equals_private_links():
+    from sim.network.maxmin import max_min_rates
+
+    rng = np.random.default_rng(5)
+    n_links, n_flows, hops = 12, 40, 3
+    cap = np.append(rng.uniform(1, 10, n_links), np.inf)
+    paths = rng.integers(0, n_links, (n_flows, hops))
+    flow_cap = np.where(rng.random(n_flows) < 0.5, rng.uniform(0.05, 1.0, n_flows), np.inf)
+    got, _ = max_min_rates(paths, cap, 0.0, flow_cap)
+    # the same flows, each capped one given a private link of its cap
+    private = np.flatnonzero(np.isfinite(flow_cap))
+    extra = np.full((n_flows, 1), n_links + len(private))  # the new dummy
+    extra[private, 0] = n_links + np.arange(len(private))
+    wide = np.hstack([np.where(paths == n_links, n_links + len(private), paths), extra])
+    cap2 = np.concatenate([cap[:-1], flow_cap[private], [np.inf]])
+    want, _ = max_min_rates(wide, cap2, 0.0)
+    assert np.allclose(got, want, rtol=1e-12)
+    assert np.all(got <= flow_cap * (1 + 1e-12))

@@ -30,6 +30,13 @@ ones (two-stage All-to-All) pay little. Slots are counted per batch (concurrent 
 rank do not delay each other) and only over flows that carry bytes: zero-byte flows take no slot
 and complete at their plain start-up time, as they do without a gap.
 
+Per-flow caps and fixed costs (``transfer(..., rate_cap=, delay_s=)``). A flow may carry a rate
+cap: the most it can take whatever the links leave (a sender limited by its channels or copy
+engines), solved as a private link of that capacity on its path, so the others share what it
+leaves (``max_min_rates``). ``delay_s`` is a software cost (a collective's launch and protocol
+steps) added to the flows' start-up latency. Both are what the communication model
+(``sim.comm``) hands the fabric; neither changes how links are shared.
+
 Receiver incast (``incast_penalty``, default 0 = off). A phenomenological goodput model of
 many-to-one congestion (PFC pauses, drops and retransmissions), not a packet-level one: a link
 of tier ``"nic"`` whose far end is not a switch (the last hop into a host: a GPU or a NIC node)
@@ -165,12 +172,14 @@ class Fabric:
         self._p_bytes = np.zeros(0)
         self._p_batch = np.zeros(0, dtype=np.int64)
         self._p_idx = np.zeros(0, dtype=np.int64)
+        self._p_cap = np.zeros(0)
         # flows transmitting
         self._paths = np.zeros((0, h), dtype=np.int32)
         self._rem = np.zeros(0)
         self._rate = np.zeros(0)
         self._batch = np.zeros(0, dtype=np.int64)
         self._idx = np.zeros(0, dtype=np.int64)
+        self._cap = np.zeros(0)  # per-flow rate cap, bytes/s (inf: none)
         self._finish = np.zeros(0)  # projected finish time at current rates
         self._solved_at = 0.0
         self._drain_s = 0.0
@@ -181,10 +190,13 @@ class Fabric:
         self._process = env.process(self._run())
 
     # ------------------------------------------------------------------ public
-    def transfer(self, src, dst, nbytes) -> simpy.Event:
+    def transfer(self, src, dst, nbytes, rate_cap=None, delay_s: float = 0.0) -> simpy.Event:
         """Start flows ``src[i] -> dst[i]`` of ``nbytes[i]`` bytes; the event's value is a Transfer.
 
-        Flows with ``src == dst`` are local copies and finish at once.
+        ``rate_cap`` (bytes/s, a scalar or one per flow; None or ``inf``: none) is the most a flow
+        may take whatever the links leave it (a sender limited by its channels or copy engines);
+        ``delay_s`` is a fixed software cost (launch, protocol steps) added to every flow's
+        start-up latency. Flows with ``src == dst`` are local copies and finish at once.
         """
         src = np.asarray(src, dtype=np.int64).ravel()
         dst = np.asarray(dst, dtype=np.int64).ravel()
@@ -193,6 +205,12 @@ class Fabric:
             raise ValueError("src, dst and nbytes must have the same length")
         if np.any(nbytes < 0):
             raise ValueError("flow sizes must be >= 0 bytes")
+        cap = np.broadcast_to(np.inf if rate_cap is None else np.asarray(rate_cap, float),
+                              src.shape)
+        if np.any(~(cap > 0)):
+            raise ValueError("rate caps must be > 0 bytes/s")
+        if not delay_s >= 0:
+            raise ValueError("delay_s must be >= 0")
         now = self.env.now
         event = self.env.event()
         bid = self._next_batch
@@ -211,7 +229,7 @@ class Fabric:
             minlength=len(self.capacity))[:-1]
         self._p_paths, self._paths = self._widen(paths.shape[1])
         paths = self._pad(paths, self._paths.shape[1])
-        start = now + latency + self.options.message_overhead_s
+        start = now + latency + self.options.message_overhead_s + delay_s
         if self.options.message_gap_s > 0.0:
             start = start + self.options.message_gap_s * _issue_slots(src[net], nbytes[net] > 0)
         self._p_time = np.concatenate([self._p_time, start])
@@ -219,6 +237,7 @@ class Fabric:
         self._p_bytes = np.concatenate([self._p_bytes, nbytes[net]])
         self._p_batch = np.concatenate([self._p_batch, np.full(len(net), bid)])
         self._p_idx = np.concatenate([self._p_idx, net])
+        self._p_cap = np.concatenate([self._p_cap, cap[net]])
         if not self._wake.triggered:
             self._wake.succeed()
         return event
@@ -343,7 +362,7 @@ class Fabric:
         w = np.repeat(self._rate[done], h)
         self._freed_since_solve += np.bincount(p, weights=w, minlength=n_links)
         keep = ~done
-        for name in ("_paths", "_rem", "_rate", "_batch", "_idx", "_finish"):
+        for name in ("_paths", "_rem", "_rate", "_batch", "_idx", "_finish", "_cap"):
             setattr(self, name, getattr(self, name)[keep])
         self._complete(bids, idx, fin)
 
@@ -366,14 +385,17 @@ class Fabric:
         self._rem = np.concatenate([self._rem, self._p_bytes[go]])
         self._batch = np.concatenate([self._batch, self._p_batch[go]])
         self._idx = np.concatenate([self._idx, self._p_idx[go]])
+        self._cap = np.concatenate([self._cap, self._p_cap[go]])
         keep = ~due
-        for name in ("_p_time", "_p_paths", "_p_bytes", "_p_batch", "_p_idx"):
+        for name in ("_p_time", "_p_paths", "_p_bytes", "_p_batch", "_p_idx", "_p_cap"):
             setattr(self, name, getattr(self, name)[keep])
 
     def _solve(self, now: float) -> None:
         fill = min(_FILL_FACTOR * self.options.rate_tolerance, 0.1)
         self._cap_solved = cap = self._effective_capacity()
-        self._rate, rounds = max_min_rates(self._paths, cap, fill)
+        capped = np.isfinite(self._cap).any()
+        self._rate, rounds = max_min_rates(self._paths, cap, fill,
+                                           self._cap if capped else None)
         self.stats.recomputes += 1
         self.stats.filling_rounds += rounds
         self.stats.peak_active_flows = max(self.stats.peak_active_flows, len(self._rate))

@@ -22,12 +22,16 @@ import numpy as np
 
 
 def max_min_rates(
-    paths: np.ndarray, capacity: np.ndarray, tolerance: float = 0.0
+    paths: np.ndarray, capacity: np.ndarray, tolerance: float = 0.0,
+    flow_cap: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Max-min fair rate of each flow, bytes/s, and the number of filling rounds used.
 
     ``paths``: (F, H) int link ids, padded with ``len(capacity) - 1`` (the dummy link).
     ``capacity``: (L + 1,) bytes/s, the last entry (dummy) must be ``inf``.
+    ``flow_cap``: (F,) bytes/s, the most each flow may take (``inf``: no cap), as if each flow
+    had a private link of that capacity on its path (a sender that cannot go faster: a channel
+    count, a copy engine); None caps nothing.
     ``tolerance``: 0 gives the exact allocation. With t > 0 a link also freezes when its share
     is within a factor (1 + t) of the smallest share on its flows' paths; each of its flows gets
     that smallest share, so the allocation stays feasible, no flow gets more than its exact
@@ -38,11 +42,13 @@ def max_min_rates(
     cap = np.ascontiguousarray(capacity, dtype=np.float64)
     if p.ndim != 2 or len(p) == 0:
         return np.empty(len(p)), 0
-    return _fill(p, cap, 1.0 + float(tolerance))
+    own = (np.full(len(p), np.inf) if flow_cap is None
+           else np.ascontiguousarray(flow_cap, dtype=np.float64))
+    return _fill(p, cap, 1.0 + float(tolerance), own)
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(p, capacity, slack):  # pragma: no cover - compiled; covered through max_min_rates
+def _fill(p, capacity, slack, own):  # pragma: no cover - compiled; covered via max_min_rates
     n_flows, n_hops = p.shape
     n_links = capacity.shape[0]
     dummy = n_links - 1
@@ -64,9 +70,9 @@ def _fill(p, capacity, slack):  # pragma: no cover - compiled; covered through m
         for link in range(n_links):
             share[link] = max(residual[link], 0.0) / count[link] if count[link] > 0 else np.inf
             not_bottleneck[link] = count[link] <= 0
-        for i in range(n_live):  # smallest share on each live flow's path
+        for i in range(n_live):  # smallest share on each live flow's path (its cap included)
             f = live[i]
-            m = np.inf
+            m = own[f]
             for h in range(n_hops):
                 m = min(m, share[p[f, h]])
             fmin[f] = m
@@ -81,11 +87,12 @@ def _fill(p, capacity, slack):  # pragma: no cover - compiled; covered through m
         k = 0
         for i in range(n_live):
             f = live[i]
-            frozen = False
+            frozen = own[f] <= fmin[f] * slack  # its own cap is its bottleneck
             for h in range(n_hops):
+                if frozen:
+                    break
                 if not not_bottleneck[p[f, h]]:
                     frozen = True
-                    break
             if frozen:
                 r = fmin[f]
                 rates[f] = r
