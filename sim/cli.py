@@ -143,6 +143,67 @@ def sweep(file: Path, out: Path | None, workers: int | None, scheduler: str | No
     return 0
 
 
+@cli.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--topology", required=True, metavar="NAME|FILE",
+              help="The measured cluster's topology (its nodes: follows each log's servers).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a topology field, e.g. --set nic.bandwidth_gbps=200 (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The profile to write (YAML); use it with comm_profile: FILE.")
+@click.option("--name", default=None, help="The profile's name (default: the --out file's stem).")
+@click.option("--start", metavar="PROFILE", default=None,
+              help="Start from this profile's values (and keep those the logs cannot fit).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the global search.")
+@click.option("--maxiter", type=click.IntRange(min=1), default=120, show_default=True,
+              help="Generations of the global search (more: slower, closer).")
+@click.option("--fit", "only", metavar="NAME,...", default=None,
+              help="Fit only these parameters, e.g. launch_us,link_efficiency.nvlink "
+                   "(default: every one the logs can tell apart).")
+def calibrate(logs: tuple[Path, ...], topology: str, sets: tuple[str, ...], out: Path,
+              name: str | None, start: str | None, seed: int, maxiter: int,
+              only: str | None) -> None:
+    """Fit a communication profile to nccl-tests output (LOGS: logs as nccl-tests prints them,
+    or measurement CSVs): print a before/after table and write the profile."""
+    from sim.calibrate.run import calibrate as run_calibrate
+    from sim.calibrate.run import profile_yaml, table
+    from sim.runs import rundir
+
+    overrides = _topology_sets(sets)
+    _check_answer_path(out)
+    names = None if only is None else [n.strip() for n in only.split(",") if n.strip()]
+    result = run_calibrate(logs, topology, overrides, start, seed, maxiter, only=names)
+    click.echo(table(result.rows))
+    text = profile_yaml(result.fit.profile, logs, topology, result.fit, name or out.stem)
+    rundir.write_file(out, text)
+    click.echo(f"wrote {out}", err=True)
+
+
+def _topology_sets(sets: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` topology overrides (values read as YAML; dotted keys nest)."""
+    import yaml
+
+    out: dict = {}
+    for arg in sets:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {arg}: expected KEY=VALUE such as nodes=4")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {arg}: value is not valid YAML") from None
+    return out
+
+
+def _check_answer_path(out: Path) -> None:
+    """Refuse an --out that is a directory or lies in a missing directory (before any work)."""
+    if out.exists() and out.is_dir():
+        raise UserError(f"{out}: is a directory; --out names a file")
+    if not out.parent.exists():
+        raise UserError(f"{out}: directory {out.parent} does not exist")
+
+
 @cli.group()
 def solve() -> None:
     """Solve expert placement or priority flow admission & routing (ILP, GA, greedy)."""
@@ -153,10 +214,7 @@ def _write_answer(out: Path, text: str) -> None:
     from sim.runs import rundir as output
 
     out = Path(out)
-    if out.exists() and out.is_dir():
-        raise UserError(f"{out}: is a directory; --out names the answer file")
-    if not out.parent.exists():
-        raise UserError(f"{out}: directory {out.parent} does not exist")
+    _check_answer_path(out)
     output.write_file(out, text)
     click.echo(f"wrote {out}", err=True)
 

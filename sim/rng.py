@@ -22,6 +22,7 @@ STREAMS: dict[str, str] = {
     "placement_ga": "the expert placement genetic algorithm (sim.solve.placement.ga)",
     "ga": "the flow admission genetic algorithm (sim.solve.pfar.ga)",
     "instances": "semi-random flow admission instances (sim.solve.pfar.instances)",
+    "calibration": "the global search of a communication profile's fit (sim.calibrate.fit)",
 }
 
 

@@ -143,13 +143,13 @@ def test_validate_unknown_topology_names_scenario(moesim, tmp_path):
 
 
 class FakeCluster:
-    name, num_gpus, num_nodes = "fake", 8, 1
+    name, num_gpus, num_nodes, comm_profile = "fake", 8, 1, "ideal"
 
     class gpu:  # noqa: N801 (stands in for a GpuSpec)
         name = "fake_gpu"
 
 
-def fake_results(scenario, cluster):
+def fake_results(scenario, cluster, profile=None):
     b = scenario.benchmark
     return [
         {"collective": b.collective, "algorithm": b.algorithm, "bytes_per_rank": s,
@@ -179,7 +179,7 @@ def test_run_writes_summary(tmp_path, fake_engine, capsys):
     assert run_main(["run", str(SHIPPED[0]), "--out", str(out),
                      "--set", "benchmark.sizes=[1KiB, 2KiB]"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"kind", "scenario", "cluster", "results"}
+    assert set(summary) == {"kind", "scenario", "cluster", "comm_profile", "results"}
     assert summary["kind"] == "benchmark"
     assert summary["cluster"] == {"name": "fake", "gpus": 8, "nodes": 1, "gpu": "fake_gpu"}
     assert summary["scenario"]["benchmark"]["sizes"] == [1024, 2048]
@@ -199,7 +199,7 @@ def test_run_default_out_dir(tmp_path, fake_engine, monkeypatch):
 
 
 def test_failed_run_leaves_no_directory(tmp_path, fake_engine, monkeypatch, capsys):
-    def broken(scenario, cluster):
+    def broken(scenario, cluster, profile=None):
         raise UserError("scenario needs more GPUs than the cluster has")
 
     monkeypatch.setattr(fake_engine, "run_benchmark", broken)

@@ -7,7 +7,7 @@ import json
 from tests.conftest import REPO
 
 SCENARIO = REPO / "scenarios" / "a2a-dgx-h100.yaml"
-RESULT_KEYS = {"collective", "algorithm", "bytes_per_rank", "time_s", "algbw_gbps",
+RESULT_KEYS = {"collective", "algorithm", "protocol", "bytes_per_rank", "time_s", "algbw_gbps",
                "busbw_gbps", "flows", "recomputes"}
 
 
@@ -20,7 +20,8 @@ def test_run_a2a_dgx_h100(moesim, tmp_path):
     proc = moesim("run", SCENARIO, "--out", out)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"kind", "scenario", "cluster", "results"}
+    assert set(summary) == {"kind", "scenario", "cluster", "comm_profile", "results"}
+    assert summary["comm_profile"] == "h100-nccl"  # what topologies/dgx-h100.yaml names
     assert summary["cluster"] == {"name": "dgx-h100", "gpus": 8, "nodes": 1, "gpu": "h100_sxm"}
     sizes = summary["scenario"]["benchmark"]["sizes"]
     assert sizes == [2**20, 2**22, 2**24, 2**26, 2**28]

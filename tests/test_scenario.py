@@ -98,9 +98,10 @@ def test_name_defaults_to_safe_file_stem(tmp_path):
     assert load_scenario(write(tmp_path, text, "my run!.yaml")).name == "my-run"
 
 
-def test_algorithm_defaults_to_first_allowed(tmp_path):
+def test_algorithm_defaults_to_the_librarys_choice(tmp_path):
     bench = {"collective": "all_reduce", "sizes": ["1MiB"]}
-    assert load_scenario(write(tmp_path, edit(benchmark=bench))).benchmark.algorithm == "ring"
+    sc = load_scenario(write(tmp_path, edit(benchmark=bench)))
+    assert sc.benchmark.algorithm is None and sc.benchmark.protocol is None
 
 
 def test_empty_section_means_defaults(tmp_path):
@@ -143,7 +144,7 @@ def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, GOOD + "fabirc: {}\n"))
     assert msg.endswith(
         "fabirc: unknown field; allowed: name, description, seed, topology, fabric, benchmark, "
-        "model, moe, parallel, training, gating, serving, placement"
+        "model, moe, parallel, training, gating, serving, comm_profile, placement"
     )
 
 
@@ -193,7 +194,8 @@ def test_bad_sizes(tmp_path, sizes, expected):
 def test_algorithm_not_allowed_for_collective(tmp_path):
     bench = {"collective": "all_reduce", "algorithm": "direct", "sizes": [1024]}
     msg = error_of(write(tmp_path, edit(benchmark=bench)))
-    assert msg.endswith("benchmark.algorithm: must be one of ring for all_reduce (got 'direct')")
+    assert msg.endswith("benchmark.algorithm: must be one of ring, nvls, tree for all_reduce "
+                        "(got 'direct')")
 
 
 def test_unknown_collective_lists_allowed(tmp_path):

@@ -149,3 +149,36 @@ def _read_csv(text: str, where: str) -> list[Measurement]:
     if not out:
         raise UserError(f"{where}: no data rows")
     return out
+
+
+#: moe-sim collective -> nccl-tests binary.
+BINARIES = {v: k for k, v in TESTS.items()}
+
+
+def format_log(measurements: list[Measurement], host_prefix: str = "node") -> str:
+    """nccl-tests output (as nccl-tests 2.17 prints it) for measurements of one cluster: a test
+    block per collective, in order of first appearance, each with its ranks and hosts (GPU r of
+    ``ranks / nodes`` per host on host ``<prefix><r // per_host>``) and one row per size. What
+    moe-sim writes when it plays the measured cluster (calibration tests)."""
+    out: list[str] = []
+    for collective in dict.fromkeys(m.collective for m in measurements):
+        rows = [m for m in measurements if m.collective == collective]
+        ranks, nodes = rows[0].ranks, rows[0].nodes
+        per_host = ranks // nodes
+        out += ["# nccl-tests version 2.17.8 (moe-sim)",
+                f"# Collective test starting: {BINARIES[collective]}",
+                "#", "# Using devices"]
+        out += [f"#  Rank {r:2d} Group  0 Pid {1000 + r} on {host_prefix}{r // per_host} "
+                f"device {r % per_host:2d} [0000:00:00] simulated" for r in range(ranks)]
+        out += ["#", "#       size         count      type   redop    root     time   algbw   "
+                "busbw  #wrong     time   algbw   busbw  #wrong",
+                "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)"
+                "             (us)  (GB/s)  (GB/s)"]
+        for m in rows:
+            t_us = m.time_s * 1e6
+            algbw = m.size_bytes / m.time_s / 1e9
+            out.append(f"{m.size_bytes:>12d} {m.size_bytes // 4:>13d}     float     sum      -1 "
+                       f"{t_us:>8.2f} {algbw:>7.2f} {algbw:>7.2f}       0 {t_us:>8.2f} "
+                       f"{algbw:>7.2f} {algbw:>7.2f}       0")
+        out += ["# Out of bounds values : 0 OK", "#", ""]
+    return "\n".join(out)

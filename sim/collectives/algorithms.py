@@ -108,6 +108,21 @@ def ring_all_gather(fabric: Fabric, nbytes: float) -> Generator:
                              fabric.cluster.num_gpus - 1))
 
 
+def ring_reduce_scatter(fabric: Fabric, nbytes: float) -> Generator:
+    """Ring ReduceScatter of ``nbytes`` per rank (each keeps nbytes/P reduced), over the rings of
+    :func:`ring_orders`: the traffic of an AllGather; seconds."""
+    return (yield from ring_all_gather(fabric, nbytes))
+
+
+def sendrecv(fabric: Fabric, nbytes: float) -> Generator:
+    """Every rank sends ``nbytes`` to the next rank and receives as many from the previous
+    (nccl-tests' sendrecv_perf); seconds."""
+    t0 = fabric.env.now
+    ranks = np.arange(fabric.cluster.num_gpus)
+    yield from _send(fabric, ranks, (ranks + 1) % len(ranks), np.full(len(ranks), nbytes))
+    return fabric.env.now - t0
+
+
 def ring_order(cluster, rotation: int = 0) -> np.ndarray:
     """Ranks in ring order: node by node, local ranks in ascending order on even nodes and
     descending on odd ones (a snake), each node's sequence rotated to start at local rank

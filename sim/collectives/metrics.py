@@ -1,13 +1,16 @@
 """nccl-tests bandwidth definitions (see nccl-tests doc/PERFORMANCE.md).
 
 ``algbw = size / time`` with size the per-rank buffer size nccl-tests prints; ``busbw`` scales
-it so it compares with link bandwidth: AllReduce 2(P-1)/P, AllGather and All-to-All (P-1)/P.
+it so it compares with link bandwidth: AllReduce 2(P-1)/P, AllGather, ReduceScatter and
+All-to-All (P-1)/P, SendRecv 1.
 """
 
 BUS_FACTOR = {
     "all_reduce": lambda p: 2.0 * (p - 1) / p,
     "all_gather": lambda p: (p - 1) / p,
+    "reduce_scatter": lambda p: (p - 1) / p,
     "all_to_all": lambda p: (p - 1) / p,
+    "sendrecv": lambda p: 1.0,
 }
 
 

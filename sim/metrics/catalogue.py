@@ -238,10 +238,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("expert_bytes", "bytes per expert", "B", S, "Weights of one expert.", show="MB",
            views=("report",)),
     # ---- benchmark: one row per message size (results[])
+    Metric("comm_profile", "communication profile", "", B, "The "
+           "communication profile the run used (the scenario's, else its topology's)."),
     Metric("results", "results", "", B, "One row per message size (the fields below)."),
-    Metric("collective", "collective", "", B, "all_to_all, all_reduce or all_gather.",
+    Metric("collective", "collective", "", B, "all_reduce, all_gather, reduce_scatter, "
+           "all_to_all or sendrecv.", within="results"),
+    Metric("algorithm", "algorithm", "", B, "The algorithm run: ring, nvls, direct, pairwise or "
+           "hierarchical (the library's choice by size unless the scenario pins one).",
            within="results"),
-    Metric("algorithm", "algorithm", "", B, "The collective's algorithm.", within="results"),
+    Metric("protocol", "protocol", "", B, "The protocol run: LL, LL128 or Simple (Simple under "
+           "the ideal profile).", within="results"),
     Metric("bytes_per_rank", "bytes per rank", "B", B, "Message size per rank, as nccl-tests.",
            show="B", short="size", within="results", views=("run",)),
     Metric("time_s", "time", "s", B, "Simulated time of the collective.", show="us",

@@ -79,14 +79,19 @@ class FabricOptions:
     message_gap_s: float = 0.0
     incast_threshold_flows: int = 8
     incast_penalty: float = 0.0
+    link_efficiency: tuple[tuple[str, float], ...] = ()
+    """(tier, share): links of that tier carry at most share x their rate (a communication
+    profile's achieved link rates); tiers not listed carry their full rate."""
 
     @classmethod
-    def from_settings(cls, s) -> FabricOptions:
-        """From a scenario's ``fabric`` section (file units: microseconds)."""
+    def from_settings(cls, s, profile=None) -> FabricOptions:
+        """From a scenario's ``fabric`` section (file units: microseconds) and, when given, a
+        communication profile's link efficiencies."""
+        eff = tuple(sorted(profile.link_efficiency.items())) if profile is not None else ()
         return cls(message_overhead_s=s.message_overhead_us * 1e-6, ecmp=s.ecmp,
                    rate_tolerance=s.rate_tolerance, message_gap_s=s.message_gap_us * 1e-6,
                    incast_threshold_flows=s.incast_threshold_flows,
-                   incast_penalty=s.incast_penalty)
+                   incast_penalty=s.incast_penalty, link_efficiency=eff)
 
 
 @dataclass
@@ -151,7 +156,11 @@ class Fabric:
             raise ValueError("incast_threshold_flows must be an integer >= 1")
         self.routes = routes or Routes(cluster, opt.ecmp)
         links = cluster.links
-        cap = links.capacity_Bps
+        share = dict(opt.link_efficiency)
+        if any(not 0 < v <= 1 for v in share.values()):
+            raise ValueError("link efficiencies must be in (0, 1]")
+        cap = links.capacity_Bps * np.array([share.get(str(t), 1.0) for t in links.tier]) \
+            if share else links.capacity_Bps
         self.capacity = np.append(cap, np.inf)
         n_links = len(cap)
         # incast-prone links: tier "nic" into a host (a GPU or a NIC node), not into a switch

@@ -32,12 +32,16 @@ from sim.units import parse_bytes
 
 __all__ = ["COLLECTIVES", "NAME_PATTERN", "Scenario", "StrictModel", "field_at"]
 
-#: Collective name -> the algorithms implemented for it; the first one is the default.
+#: Collective name -> the algorithms implemented for it; the first is the fluid model's choice
+#: (under a communication profile the library chooses by size unless one is given).
 COLLECTIVES: dict[str, tuple[str, ...]] = {
     "all_to_all": ("direct", "pairwise", "hierarchical"),
-    "all_reduce": ("ring",),
+    "all_reduce": ("ring", "nvls", "tree"),
     "all_gather": ("ring",),
+    "reduce_scatter": ("ring",),
+    "sendrecv": ("direct",),
 }
+PROTOCOLS = ("LL", "LL128", "Simple")
 
 #: Collectives whose traffic may be skewed (per-destination sizes differ).
 SKEWABLE = ("all_to_all",)
@@ -104,9 +108,12 @@ class Fabric(StrictModel):
 class Benchmark(StrictModel):
     """An nccl-tests style sweep of one collective over message sizes."""
 
-    collective: Literal["all_to_all", "all_reduce", "all_gather"]
+    collective: Literal["all_to_all", "all_reduce", "all_gather", "reduce_scatter", "sendrecv"]
     algorithm: str | None = Field(None, validate_default=True)
-    """One of ``COLLECTIVES[collective]``; defaults to the first."""
+    """One of ``COLLECTIVES[collective]``; None: the library's choice by size under the
+    communication profile (the first under ``ideal``), as NCCL_ALGO unset."""
+    protocol: Literal["LL", "LL128", "Simple"] | None = None
+    """Pin the protocol (NCCL_PROTO); None: the library's choice by size."""
     sizes: Annotated[tuple[ByteCount, ...], BeforeValidator(_as_tuple), Field(min_length=1)]
     """Bytes per rank, one benchmark row each."""
     traffic: Literal["uniform", "zipf"] = "uniform"
@@ -117,10 +124,8 @@ class Benchmark(StrictModel):
     @classmethod
     def _algorithm_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
         allowed = COLLECTIVES.get(info.data.get("collective", ""))
-        if allowed is None:  # collective itself is invalid and reported on its own
+        if allowed is None or value is None:  # collective invalid (reported on its own) or auto
             return value
-        if value is None:
-            return allowed[0]
         if value not in allowed:
             raise ValueError(
                 f"must be one of {', '.join(allowed)} for {info.data['collective']}"
@@ -156,6 +161,9 @@ class Scenario(StrictModel):
     gating: Gating = Gating()
     serving: Serving | None = None
     """With model and moe: an inference run instead of a training step."""
+    comm_profile: str | None = Field(None, min_length=1)
+    """The communication profile (``profiles/<name>.yaml``, ``ideal``, or a path); None: the one
+    the topology names."""
     placement: Placement | None = None
     """Training only: run the step with a solver's expert placement (and without, to compare)."""
 

@@ -51,14 +51,17 @@ class Cluster:
     graph: nx.DiGraph
     gpu: GpuSpec
     source: str = ""  # file the cluster was loaded from, for messages
+    comm_profile: str = "ideal"  # the communication profile its topology file names
 
     @classmethod
-    def from_graph(cls, name: str, graph: nx.DiGraph, gpu: GpuSpec, source: str = "") -> Cluster:
+    def from_graph(cls, name: str, graph: nx.DiGraph, gpu: GpuSpec, source: str = "",
+                   comm_profile: str = "ideal") -> Cluster:
         """Freeze ``graph`` and wrap it. GPU ranks must be 0..P-1 without gaps."""
         ranks = sorted(d["rank"] for _, d in graph.nodes(data=True) if d.get("kind") == GPU)
         if ranks != list(range(len(ranks))):
             raise ValueError("GPU ranks must be 0..P-1 without gaps or repeats")
-        return cls(name=name, graph=nx.freeze(graph), gpu=gpu, source=source)
+        return cls(name=name, graph=nx.freeze(graph), gpu=gpu, source=source,
+                   comm_profile=comm_profile)
 
     @cached_property
     def node_names(self) -> tuple:

@@ -162,7 +162,8 @@ def load_topology(ref: str | Path, overrides: Mapping[str, Any] | None = None) -
             f"(got no path from {pair[0]} to {pair[1]})"
         )
     name = spec.name or path.stem
-    return Cluster.from_graph(name, graph, get_gpu(spec.gpu), source=source)
+    return Cluster.from_graph(name, graph, get_gpu(spec.gpu), source=source,
+                              comm_profile=spec.comm_profile)
 
 
 def validate_topology(ref: str | Path, overrides: Mapping[str, Any] | None = None) -> Cluster:

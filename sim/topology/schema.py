@@ -75,6 +75,9 @@ class _Topology(Strict):
     description: str = ""
     name: str | None = None
     gpu: str
+    comm_profile: str = Field("ideal", min_length=1)
+    """The communication profile runs on this cluster use unless their scenario names one: a
+    name (``profiles/<name>.yaml``; ``ideal`` is built in) or a path."""
 
     @field_validator("gpu")
     @classmethod

@@ -1,0 +1,204 @@
+"""The communication model: nccl-tests logs read as printed, profiles, the library's costs on
+the fabric, and `moesim calibrate` (a moe-sim log of a known profile gives the profile back)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.calibrate.nccltests import Measurement, format_log, read_measurements
+from sim.collectives import run_collective
+from sim.collectives.metrics import busbw_bytes_per_s
+from sim.comm import IDEAL, load_profile
+from sim.comm.model import Model
+from sim.errors import UserError
+from sim.network import FabricOptions, Routes
+from sim.topology import load_topology
+from tests.conftest import REPO
+
+DATA = REPO / "data" / "calibration"
+
+
+def test_the_shipped_logs_are_read_row_by_row():
+    n1 = read_measurements(DATA / "h100-cluster01-nccl_N1_G8.log")
+    n10 = read_measurements(DATA / "h100-cluster01-nccl_N10_G8.log")
+    for log, ranks, nodes in ((n1, 8, 1), (n10, 80, 10)):
+        assert len(log) == 50
+        assert [m.collective for m in log[::10]] == ["all_reduce", "all_gather",
+                                                     "reduce_scatter", "all_to_all", "sendrecv"]
+        assert {(m.ranks, m.nodes) for m in log} == {(ranks, nodes)}
+    first = n1[0]
+    assert (first.size_bytes, first.time_s) == (33554432, pytest.approx(182.87e-6))
+    assert n10[-1].size_bytes == 17179869184 and n10[-1].time_s == pytest.approx(1.128428)
+    csv = read_measurements(DATA / "h100-together-allgather-ring.csv")
+    assert len(csv) == 21 and csv[0].size_bytes == 128 and csv[0].algorithm == "ring"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("hello\nworld\n", "not nccl-tests output"),
+    ("# Collective test starting: all_reduce_perf\n#  Rank  0 Group 0 Pid 1 on h device 0 x\n"
+     "#  size count type redop root time algbw busbw #wrong time algbw busbw #wrong\n",
+     "no data rows"),
+    ("# Collective test starting: broadcast_perf\n", "broadcast_perf: not supported"),
+    ("# Collective test starting: all_reduce_perf\n#  Rank  0 Group 0 Pid 1 on h device 0 x\n"
+     "#  size count type redop root time algbw busbw #wrong\n  big 1 float sum -1 zz 1 1 0\n",
+     "line 4: size and time must be numbers"),
+    ("# Collective test starting: all_reduce_perf\n"
+     "#  size count type redop root time algbw busbw #wrong\n 1024 1 float sum -1 10 1 1 0\n",
+     "line 3: no '#  Rank N ... on HOST device ...' lines"),
+    ("collective,gpus,size_bytes\nall_gather,8,128\n", "algorithm: missing column"),
+])
+def test_bad_logs_are_one_line_errors(tmp_path, text, words):
+    path = tmp_path / "x.log"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_measurements(path)
+    assert str(e.value).startswith(f"{path}") and words in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_profiles_are_found_by_name_and_checked():
+    h100 = load_profile("h100-nccl")
+    assert h100.name == "h100-nccl" and not h100.is_ideal and IDEAL.is_ideal
+    assert load_profile("ideal") is IDEAL
+    with pytest.raises(UserError, match="unknown communication profile name; available: "
+                                        r".*h100-nccl"):
+        load_profile("nope")
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ("launch_us: 5\nlink_eficiency: {}\n", "link_eficiency: unknown field"),
+    ("link_efficiency: {nvlink: 1.5}\n", "link_efficiency.nvlink: must be <= 1 (got 1.5)"),
+    ("protocols: {LL256: {}}\n", "protocols.LL256"),
+    ("launch_us: -1\n", "launch_us: must be >= 0"),
+])
+def test_bad_profiles_name_the_file_and_field(tmp_path, body, words):
+    path = tmp_path / "p.yaml"
+    path.write_text(body)
+    with pytest.raises(UserError) as e:
+        load_profile(path)
+    assert str(e.value).startswith(f"{path}: ") and words in str(e.value)
+
+
+def _busbw(cluster, profile, collective, size, **kw):
+    options = FabricOptions(link_efficiency=tuple(profile.link_efficiency.items()),
+                            rate_tolerance=0.0)
+    routes = Routes(cluster, options.ecmp)
+    res = run_collective(cluster, collective, kw.get("algorithm"), size, options, routes,
+                         Model(cluster, profile, routes=routes), kw.get("protocol"))
+    return res, busbw_bytes_per_s(collective, size, res.time_s, cluster.num_gpus)
+
+
+def test_a_calibrated_all_reduce_reaches_its_asymptote_and_its_fixed_cost():
+    cluster, prof = load_topology("dgx-h100"), load_profile("h100-nccl")
+    p = cluster.num_gpus
+    nvlink = cluster.links.capacity_Bps[cluster.links.tier == "nvlink"].max()
+    # large: NVLS, every GPU's buffer through the switch at the NVLS share of the NVLink rate
+    res, busbw = _busbw(cluster, prof, "all_reduce", 16 * 2**30)
+    assert res.algorithm == "nvls"
+    assert busbw == pytest.approx(2 * (p - 1) / p * nvlink * prof.nvls.efficiency, rel=0.01)
+    # a ring at large sizes: the NVLink rate at its achieved share
+    res, busbw = _busbw(cluster, prof, "all_reduce", 16 * 2**30, algorithm="ring",
+                        protocol="Simple")
+    assert busbw == pytest.approx(nvlink * prof.link_efficiency["nvlink"], rel=0.01)
+    # small: the launch and the protocol's steps, nothing else to speak of
+    res, _ = _busbw(cluster, prof, "all_reduce", 1024)
+    proto = prof.protocols[res.protocol]
+    fixed = (prof.launch_us + 2 * (p - 1) * proto.step_us) * 1e-6
+    assert fixed < res.time_s < 1.1 * fixed
+
+
+def test_the_simulated_collective_equals_the_model_prediction_on_an_idle_cluster():
+    cluster, prof = load_topology("h100-leaf-spine", {"nodes": 2}), load_profile("h100-nccl")
+    model = Model(cluster, prof)
+    for collective, size in (("all_reduce", 2**28), ("all_gather", 2**26),
+                             ("all_to_all", 2**27), ("sendrecv", 2**25)):
+        a, p = model.choose(collective, size)
+        data = np.full((16, 16), size / 16) if collective == "all_to_all" else size
+        res, _ = _busbw(cluster, prof, collective, data if collective == "all_to_all" else size)
+        assert (res.algorithm, res.protocol) == (a, p)
+        assert res.time_s == pytest.approx(model.predict(collective, a, p, size), rel=1e-3)
+
+
+def test_ideal_is_the_fluid_model(tmp_path):
+    cluster = load_topology("dgx-h100")
+    plain = run_collective(cluster, "all_gather", None, 2**26)
+    with_model = run_collective(cluster, "all_gather", None, 2**26,
+                                model=Model(cluster, IDEAL))
+    assert plain.time_s == with_model.time_s and with_model.protocol == "Simple"
+
+
+def _known_profile() -> dict:
+    return {"name": "known", "launch_us": 17.0, "link_efficiency": {"nvlink": 0.7},
+            "protocols": {"Simple": {"efficiency": 1.0, "step_us": 3.0}}}
+
+
+def test_calibrate_gives_back_the_profile_that_made_the_log(tmp_path, moesim):
+    known = tmp_path / "known.yaml"
+    known.write_text(yaml.safe_dump(_known_profile()))
+    cluster = load_topology("dgx-h100")
+    prof = load_profile(known)
+    rows = []
+    for collective in ("all_reduce", "all_gather"):
+        for size in 2.0 ** np.arange(10, 32, 3):
+            res, _ = _busbw(cluster, prof, collective, float(size))
+            rows.append(Measurement(collective, int(size), res.time_s, 8, 1, "sim"))
+    log = tmp_path / "sim.log"
+    log.write_text(format_log(rows))
+    assert [(m.collective, m.size_bytes) for m in read_measurements(log)] == \
+        [(m.collective, m.size_bytes) for m in rows]
+    start = tmp_path / "start.yaml"
+    start.write_text(yaml.safe_dump({**_known_profile(), "launch_us": 40.0,
+                                     "link_efficiency": {"nvlink": 0.95},
+                                     "protocols": {"Simple": {"step_us": 9.0}}}))
+    out = tmp_path / "fitted.yaml"
+    proc = moesim("calibrate", log, "--topology", "dgx-h100", "--start", start, "--out", out,
+                  "--fit", "launch_us,link_efficiency.nvlink,protocols.Simple.step_us",
+                  "--maxiter", "40")
+    assert proc.returncode == 0, proc.stderr
+    fitted = load_profile(out)
+    assert fitted.launch_us == pytest.approx(17.0, rel=0.02)
+    assert fitted.link_efficiency["nvlink"] == pytest.approx(0.7, rel=0.01)
+    assert fitted.protocols["Simple"].step_us == pytest.approx(3.0, rel=0.05)
+    assert "# calibrated: median |error| 0.0%" in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["not_nccl", "no_rows", "ranks", "bad_profile",
+                                  "unphysical", "bad_fit"])
+def test_calibrate_bad_input_is_one_line_and_writes_nothing(tmp_path, moesim, case):
+    log = tmp_path / "x.log"
+    good = read_measurements(DATA / "h100-cluster01-nccl_N1_G8.log")[:3]
+    log.write_text(format_log(good))
+    args = ["--topology", "dgx-h100"]
+    if case == "not_nccl":
+        log.write_text("nothing here\n")
+    elif case == "no_rows":
+        log.write_text("\n".join(format_log(good).splitlines()[:15]) + "\n")
+    elif case == "ranks":
+        log.write_text(format_log([Measurement("all_reduce", 1024, 1e-5, 12, 1, "x")]))
+    elif case in ("bad_profile", "unphysical"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("launch_usec: 3\n" if case == "bad_profile" else
+                       "link_efficiency: {nvlink: 2}\n")
+        args += ["--start", str(bad)]
+    else:
+        args += ["--fit", "launch_us,no_such_thing"]
+    out = tmp_path / "p.yaml"
+    proc = moesim("calibrate", log, *args, "--out", out, "--maxiter", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_validation_doc_is_what_its_script_writes():
+    """docs/validation.md is generated; the script's tables must match the profile in use."""
+    text = (REPO / "docs" / "validation.md").read_text()
+    assert text.startswith("# Validation against measurements")
+    assert "python benchmarks/validate.py" in text
+    for name in ("h100-cluster01-nccl_N1_G8", "h100-cluster01-nccl_N10_G8",
+                 "h100-together-allgather-ring"):
+        assert (REPO / "docs" / "validation" / f"{name}.html").is_file()
+    assert Path(REPO / "profiles" / "h100-nccl.yaml").is_file()
