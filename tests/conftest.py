@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: A small training scenario: 8 GPUs of one DGX H100, 16 experts top-2 over EP 8, two layers.
 TRAINING = {
-    "name": "t", "seed": 0, "topology": "dgx-h100",
+    "name": "t", "seed": 0, "topology": "dgx-h100", "comm_profile": "ideal",
     "model": {"hidden_size": 512, "ffn_hidden_size": 1024, "num_layers": 2,
               "num_attention_heads": 8, "seq_length": 512},
     "moe": {"num_experts": 16, "moe_router_topk": 2},

@@ -162,13 +162,16 @@ def ring_steps(fabric: Fabric, groups: np.ndarray, chunk: float, steps: int) -> 
 
 
 def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float,
-                           pipelined: bool = False) -> Generator:
+                           pipelined: bool = False, cost=None) -> Generator:
     """Ring AllReduce of ``nbytes`` per rank inside every row of ``groups`` (G, n) at once.
 
     ``pipelined``: as NCCL streams chunks round the ring, each rank sends its 2(n-1)/n x nbytes to
     the next rank as one flow, after the 2(n-1) - 1 extra hop latencies of the slowest ring edge
     (alone on a fabric this equals the stepped ring; under contention it shares links as one
     stream instead of 2(n-1) lock-step rounds, and costs one batch instead of 2(n-1)).
+    ``cost`` (pipelined only; a ``sim.comm.model.Cost``): the library's fixed delay, which
+    replaces the extra hop latencies (its step latencies include them), wire bytes per payload
+    byte and per-flow cap.
     """
     n = groups.shape[1]
     if n < 2 or nbytes <= 0:
@@ -179,6 +182,10 @@ def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float,
     t0 = fabric.env.now
     src = groups.ravel()
     nxt = np.roll(groups, -1, axis=1).ravel()
+    if cost is not None:
+        yield fabric.transfer(src, nxt, np.full(len(src), steps * nbytes / n * cost.inflate),
+                              cost.flow_cap_Bps, cost.delay_s)
+        return fabric.env.now - t0
     _, latency = fabric.routes.paths(src, nxt)
     yield fabric.env.timeout((steps - 1) * (latency.max() + fabric.options.message_overhead_s))
     yield from _send(fabric, src, nxt, np.full(len(src), steps * nbytes / n))
@@ -186,12 +193,15 @@ def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float,
 
 
 def staggered_transfer(fabric: Fabric, matrix: np.ndarray, ready: np.ndarray,
-                       merge_s: float = 0.0) -> Generator:
+                       merge_s: float = 0.0, delay_s: float = 0.0,
+                       cap_of=None) -> Generator:
     """Send ``matrix[s, d]`` bytes, each source starting at its own ``ready[s]`` (absolute s).
 
     Sources whose ready times lie within ``merge_s`` of the earliest pending one start together
-    at the latest of them (never early). Returns ``(recv_done, send_done)``: per rank, the time
-    its last incoming / outgoing flow arrived, or ``ready`` when it had none.
+    at the latest of them (never early). ``delay_s`` is the collective library's fixed cost on
+    every flow and ``cap_of(src, dst, bytes)`` its per-flow rate caps (bytes/s), both from the
+    communication model. Returns ``(recv_done, send_done)``: per rank, the time its last
+    incoming / outgoing flow arrived, or ``ready`` when it had none.
     """
     env = fabric.env
     s, d = np.nonzero(matrix)
@@ -212,7 +222,8 @@ def staggered_transfer(fabric: Fabric, matrix: np.ndarray, ready: np.ndarray,
         start = t_src[hi - 1]
         if start > env.now:
             yield env.timeout(start - env.now)
-        events.append(fabric.transfer(s[lo:hi], d[lo:hi], b[lo:hi]))
+        cap = None if cap_of is None else cap_of(s[lo:hi], d[lo:hi], b[lo:hi])
+        events.append(fabric.transfer(s[lo:hi], d[lo:hi], b[lo:hi], cap, delay_s))
         idx.append(slice(lo, hi))
         lo = hi
     yield env.all_of(events)

@@ -227,6 +227,26 @@ class Model:
         return Cost(algorithm, protocol, self.fixed_cost_s(collective, algorithm, protocol),
                     self.inflate(collective, algorithm, protocol), cap)
 
+    # -------------------------------------------------------------- groups (a training step)
+    def group_protocol(self, size: float) -> str:
+        """The protocol of a collective inside a training step: the profile's thresholds by
+        size, else Simple (the library's bulk protocol)."""
+        return self.protocol_for(size) or ("Simple" if "Simple" in self.profile.protocols
+                                           else next(iter(self.profile.protocols)))
+
+    def group_delay_s(self, collective: str, protocol: str, ranks: int, nodes: int) -> float:
+        """Launch + step latencies of a ring (all_reduce, all_gather, reduce_scatter) over a
+        group of ``ranks`` GPUs on ``nodes`` servers, or of one direct exchange (all_to_all)
+        that crosses servers when ``nodes`` > 1; seconds."""
+        prof = self.profile
+        proto = prof.protocols.get(protocol)
+        step = proto.step_us if proto else 0.0
+        net = proto.net_step_us if proto else 0.0
+        if collective in RINGS:
+            steps, cross = ring_steps(collective, ranks, nodes)
+            return (prof.launch_us + (steps - cross) * step + cross * net) * 1e-6
+        return (prof.launch_us + (net if nodes > 1 else step)) * 1e-6
+
     # -------------------------------------------------------------- prediction
     def predict(self, collective: str, algorithm: str, protocol: str, size):
         """Seconds of the collective alone on the cluster (no other traffic); ``size`` a scalar

@@ -238,7 +238,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("expert_bytes", "bytes per expert", "B", S, "Weights of one expert.", show="MB",
            views=("report",)),
     # ---- benchmark: one row per message size (results[])
-    Metric("comm_profile", "communication profile", "", B, "The "
+    Metric("comm_profile", "communication profile", "", ("training", "benchmark"), "The "
            "communication profile the run used (the scenario's, else its topology's)."),
     Metric("results", "results", "", B, "One row per message size (the fields below)."),
     Metric("collective", "collective", "", B, "all_reduce, all_gather, reduce_scatter, "

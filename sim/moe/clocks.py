@@ -21,11 +21,14 @@ START_MERGE = 0.05
 
 
 class GpuClocks:
-    """``ready`` (P,) seconds: when each GPU is free; byte counters of what crossed servers."""
+    """``ready`` (P,) seconds: when each GPU is free; byte counters of what crossed servers.
+    With a communication ``model`` (``sim.comm.model.Model``) every exchange pays the library's
+    fixed cost and its point-to-point caps."""
 
-    def __init__(self, fabric: Fabric, gpus: int, recorder=None, a2a_algorithm: str = "direct"):
+    def __init__(self, fabric: Fabric, gpus: int, recorder=None, a2a_algorithm: str = "direct",
+                 model=None):
         self.fabric, self.rec = fabric, recorder or NullRecorder()
-        self.p, self.a2a_algorithm = gpus, a2a_algorithm
+        self.p, self.a2a_algorithm, self.model = gpus, a2a_algorithm, model
         self.gpus = np.arange(gpus)
         self.ready = np.zeros(gpus)
         node = fabric.cluster.node_of
@@ -59,17 +62,34 @@ class GpuClocks:
             out.append(m)
         return out
 
-    def exchange(self, matrix, cat: str, phase: str, layer: int, a2a: bool = True) -> Generator:
-        """Send the (P, P) bytes of ``matrix``; returns the longest wait of any GPU (s)."""
+    def exchange(self, matrix, cat: str, phase: str, layer: int, a2a: bool = True,
+                 group: int = 0) -> Generator:
+        """Send the (P, P) bytes of ``matrix`` (an All-to-All, or with ``a2a`` False the direct
+        AllGather or ReduceScatter of groups of ``group`` GPUs inside a server); returns the
+        longest wait of any GPU (s)."""
         start = self.ready.copy()
         for m in self.stages(matrix, a2a):
             span = max(self.ready.max() - self.ready.min(), 0.0)
+            delay, cap_of = self._library(m, a2a, group)
             recv, _ = yield from staggered_transfer(self.fabric, m, self.ready,
-                                                    START_MERGE * span)
+                                                    START_MERGE * span, delay, cap_of)
             self.ready = np.maximum(self.ready, recv)
             self.count(m.copy(), a2a)
         self.spans(cat, phase, layer, start, self.ready)
         return float((self.ready - start).max())
+
+    def _library(self, matrix, a2a: bool, group: int):
+        """(fixed delay s, per-flow cap function) of one exchange under the model."""
+        if self.model is None:
+            return 0.0, None
+        model = self.model
+        if not a2a:  # a tensor-parallel AllGather / ReduceScatter inside one server
+            proto = model.group_protocol(float(matrix.sum(axis=1).max()))
+            return model.group_delay_s("all_gather", proto, max(group, 2), 1), None
+        crosses = bool(np.any(matrix[self.cross[:len(matrix), :len(matrix)]] > 0))
+        node = self.fabric.cluster.node_of
+        return (model.group_delay_s("all_to_all", "Simple", self.p, 2 if crosses else 1),
+                lambda s, d, b: model.p2p_cap_Bps(b, node[s] != node[d]))
 
     def compute(self, cat: str, phase: str, layer: int, seconds) -> float:
         """Advance every GPU by its ``seconds`` (scalar or (P,)); returns the longest."""
@@ -82,9 +102,11 @@ class GpuClocks:
         """AllGather -> compute -> ReduceScatter (just the compute when ``gather`` is None);
         returns (compute seconds, tensor-parallel communication seconds)."""
         t = 0.0
+        group = int(np.count_nonzero(gather[0])) + 1 if gather is not None else 0
         if gather is not None:
-            t += yield from self.exchange(gather, "tp", phase, layer, a2a=False)
+            t += yield from self.exchange(gather, "tp", phase, layer, a2a=False, group=group)
         c = self.compute(cat, phase, layer, seconds)
         if gather is not None:
-            t += yield from self.exchange(gather.T.copy(), "tp", phase, layer, a2a=False)
+            t += yield from self.exchange(gather.T.copy(), "tp", phase, layer, a2a=False,
+                                          group=group)
         return c, t

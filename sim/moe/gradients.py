@@ -9,6 +9,7 @@ from collections.abc import Generator
 import numpy as np
 
 from sim.collectives.algorithms import ring_all_reduce_groups, ring_orders
+from sim.comm.model import Cost
 from sim.moe.clocks import GpuClocks
 
 
@@ -16,7 +17,7 @@ class GradientReduction:
     """Starts the reduction of given layers' gradients as SimPy processes."""
 
     def __init__(self, clocks: GpuClocks, inp):
-        self.clocks, self.inp = clocks, inp
+        self.clocks, self.inp, self.model = clocks, inp, clocks.model
         fabric, lay = clocks.fabric, inp.layout
         self.rings = ring_orders(fabric.cluster)
         self.dense_groups = np.vstack([lay.dense_dp_groups(order) for order in self.rings])
@@ -30,8 +31,8 @@ class GradientReduction:
         expert = sum(shape.expert_params / lay.etp * lay.experts_per_gpu for i in layers
                      if shape.moe_layers[i])
         procs = []
-        for groups, nbytes in ((self.dense_groups, dense / len(self.rings)),
-                               (self.expert_groups, expert)):
+        for groups, nbytes, rings in ((self.dense_groups, dense / len(self.rings),
+                                       len(self.rings)), (self.expert_groups, expert, 1)):
             nbytes *= inp.grad_dtype_bytes
             n = groups.shape[1]
             if n > 1 and nbytes > 0:
@@ -39,9 +40,21 @@ class GradientReduction:
                 np.add.at(ring, (groups.ravel(), np.roll(groups, -1, axis=1).ravel()),
                           2 * (n - 1) / n * nbytes)
                 self.clocks.count(ring)
-                procs.append(env.process(
-                    ring_all_reduce_groups(fabric, groups, nbytes, pipelined=True)))
+                procs.append(env.process(ring_all_reduce_groups(
+                    fabric, groups, nbytes, pipelined=True,
+                    cost=self._cost(groups, nbytes * rings, rings))))
         return procs
+
+    def _cost(self, groups: np.ndarray, size: float, rings: int):
+        """The library's cost of a ring all_reduce of ``size`` bytes per rank over ``groups``
+        (None without a communication model)."""
+        if self.model is None:
+            return None
+        m = self.model
+        proto = m.group_protocol(size)
+        nodes = len(np.unique(self.clocks.fabric.cluster.node_of[groups[0]]))
+        return Cost("ring", proto, m.group_delay_s("all_reduce", proto, groups.shape[1], nodes),
+                    m.inflate("all_reduce", "ring", proto), m.ring_cap_Bps(proto, size, rings))
 
     def start(self, layers: list[int], at: float):
         """A process reducing ``layers`` from simulated time ``at`` on (recorded as spans)."""

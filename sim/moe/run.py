@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from sim.comm import load_profile
+from sim.comm.model import Model
 from sim.errors import UserError
 from sim.metrics import CATEGORIES, ListRecorder, Span
 from sim.model import Shape
@@ -74,16 +76,18 @@ def run_training(scenario, cluster: Cluster, source: str = "", progress=None,
     ``progress(stage, done, total)``: optional callback (routing groups, then layers).
     ``placement``: expert -> GPU per MoE layer (see ``step_inputs``), default block placement."""
     inp = step_inputs(scenario, cluster, source, progress, placement)
-    fab = scenario.fabric
-    options = FabricOptions.from_settings(fab)
+    profile = load_profile(scenario.comm_profile or cluster.comm_profile)
+    options = FabricOptions.from_settings(scenario.fabric, profile)
     env = simpy.Environment()
     fabric = Fabric(env, cluster, options)
+    model = None if profile.is_ideal else Model(cluster, profile, routes=fabric.routes)
     rec = ListRecorder()
-    proc = env.process(training_step(fabric, inp, rec, progress))
+    proc = env.process(training_step(fabric, inp, rec, progress, model))
     env.run(proc)
     times = proc.value
     summary = summarise(inp, times, rec.spans, fabric)
     summary.update(locality(inp, cluster.node_of))
+    summary["comm_profile"] = profile.name
     return TrainingResult(
         summary, layer_rows(inp, times),
         link_rows(cluster, fabric, times.step_time_s), rec.spans)

@@ -67,10 +67,13 @@ class StepTimes:
     allreduce_exposed_s: float = 0.0
 
 
-def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None) -> Generator:
+def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None,
+                  model=None) -> Generator:
     """SimPy process: simulate one step; returns StepTimes. ``progress(stage, done, total)`` is
-    called after each layer of the forward and backward passes when given."""
-    clocks = GpuClocks(fabric, inp.layout.gpus, recorder, inp.a2a_algorithm)
+    called after each layer of the forward and backward passes when given; ``model`` (a
+    ``sim.comm.model.Model``) adds the collective library's costs to every exchange and
+    gradient reduction (None: the fluid model alone)."""
+    clocks = GpuClocks(fabric, inp.layout.gpus, recorder, inp.a2a_algorithm, model)
     work = step_work(inp, fabric.cluster.gpu)
     out = StepTimes()
     out.layer_times = yield from forward(clocks, inp, work, progress)
