@@ -202,3 +202,18 @@ def test_validation_doc_is_what_its_script_writes():
                  "h100-together-allgather-ring"):
         assert (REPO / "docs" / "validation" / f"{name}.html").is_file()
     assert Path(REPO / "profiles" / "h100-nccl.yaml").is_file()
+
+
+def test_a_training_step_pays_the_library_on_every_exchange(training_scenario):
+    from sim.moe.run import run_training
+
+    cluster = load_topology("dgx-h100")
+    ideal = run_training(training_scenario(), cluster).summary
+    nccl = run_training(training_scenario(["comm_profile=h100-nccl"]), cluster).summary
+    assert (ideal["comm_profile"], nccl["comm_profile"]) == ("ideal", "h100-nccl")
+    prof = load_profile("h100-nccl")
+    exchanges = 2 * 4  # two MoE layers: dispatch and combine, forward and backward
+    fixed = (prof.launch_us + prof.protocols["Simple"].step_us) * 1e-6  # one server
+    assert nccl["a2a_time_s"] - ideal["a2a_time_s"] >= exchanges * fixed * 0.999
+    assert nccl["step_time_s"] > ideal["step_time_s"]
+    assert nccl["intra_node_bytes"] == ideal["intra_node_bytes"]  # the same traffic, slower

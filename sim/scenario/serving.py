@@ -99,6 +99,7 @@ TRAINING_ONLY: dict[str, str] = {
     "placement": "serving runs on one GPU, where every expert is local",
     "fabric": "serving's only link is the GPU's PCIe (serving.offload.h2d_efficiency, "
               "h2d_latency_us)",
+    "comm_profile": "serving's only link is the GPU's PCIe, no collective runs",
 }
 
 #: Routers whose choice is each token's own top-k experts by gate score: what serving does.
