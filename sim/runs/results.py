@@ -14,12 +14,12 @@ pandas is optional: ``Run.frame`` and ``load_sweep_frame`` need it, the rest doe
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sim.errors import UserError
+
 
 def tables() -> list[str]:
     """The tables a run directory may hold: every run kind's (training: layers, links;

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim import __version__
-from sim.runs import rundir as output
 from sim.errors import UserError
+from sim.runs import rundir as output
 from sim.runs.sweep.backends import connect
 from sim.runs.sweep.spec import SweepSpec
 from sim.runs.sweep.table import normalise, write_tables
