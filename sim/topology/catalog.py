@@ -21,7 +21,8 @@ class GpuSpec:
     ``hbm_bandwidth_Bps``: HBM bandwidth, bytes/s. ``nvlink_bandwidth_Bps``: scale-up bandwidth
     per GPU per direction, bytes/s (NVLink, or the sum of HCCS ports on Ascend).
     ``pcie_bandwidth_Bps``: host link per direction, bytes/s. ``scale_up_links``: number of
-    point-to-point scale-up links per GPU (NVLink links or HCCS ports).
+    point-to-point scale-up links per GPU (NVLink links or HCCS ports). ``peak_fp8_flops``:
+    dense FP8 tensor peak, FLOP/s (0 for chips without FP8 tensor cores).
     """
 
     name: str
@@ -33,6 +34,7 @@ class GpuSpec:
     scale_up: str = "nvlink"
     scale_up_links: int = 0
     notes: str = ""
+    peak_fp8_flops: float = 0.0
 
     @property
     def scale_up_link_bandwidth_Bps(self) -> float:
@@ -62,6 +64,23 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up="nvlink",
             scale_up_links=18,
             notes="NVIDIA H100 SXM5 datasheet; BF16 dense = half the sparse figure",
+            peak_fp8_flops=1978.9e12,  # FP8 3,958 TFLOPS with sparsity
+        ),
+        # NVIDIA H800 SXM5: the H100 SXM5 compute die and 80 GB HBM3 at 3.35 TB/s, with NVLink cut
+        # to 400 GB/s bidirectional (8 links) for export; DeepGEMM's README quotes its FP8 peak
+        # as H100's (1979 TFLOPS dense) and DeepEP's README observes ~160 GB/s per GPU over
+        # NVLink. PCIe Gen5 as H100.
+        GpuSpec(
+            name="h800_sxm",
+            peak_bf16_flops=989.4e12,
+            hbm_gib=80.0,
+            hbm_bandwidth_Bps=3.35e12,
+            nvlink_bandwidth_Bps=200e9,
+            pcie_bandwidth_Bps=64e9,
+            scale_up="nvlink",
+            scale_up_links=8,
+            notes="H100 SXM5 compute and HBM, NVLink 400 GB/s bidirectional (export variant)",
+            peak_fp8_flops=1978.9e12,
         ),
         # NVIDIA H200 datasheet (SXM column): same compute as H100 SXM (BF16 1,979 TFLOPS sparse),
         # 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s, PCIe Gen5 128 GB/s. "141 GB" is the
@@ -76,6 +95,7 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up="nvlink",
             scale_up_links=18,
             notes="NVIDIA H200 SXM datasheet",
+            peak_fp8_flops=1978.9e12,
         ),
         # NVIDIA A100 Tensor Core GPU datasheet (80GB SXM column): BF16 312 TFLOPS dense
         # (624 sparse), 80 GB HBM2e at 2,039 GB/s, NVLink 3 600 GB/s (12 links x 50 GB/s bidir.),
