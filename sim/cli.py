@@ -385,8 +385,10 @@ def validate(file: Path) -> None:
         )
     sc = load_scenario(file)
     cluster = _load_cluster(file, sc)
-    b = sc.benchmark
-    what = (f"{sc.kind}, {b.collective}/{b.algorithm}" if b is not None
+    b, d = sc.benchmark, sc.dispatch
+    what = (f"{sc.kind}, {b.collective}/{b.algorithm or 'library choice'}" if b is not None
+            else f"{sc.kind}, {d.dispatcher}, {d.num_experts} experts top-{d.topk}"
+            if d is not None
             else f"{sc.kind}, {sc.moe.num_experts} experts, router {sc.moe.router.name}")
     click.echo(f"ok: {file} (scenario {sc.name}: {what} on {cluster.name}, {_size(cluster)})")
 

@@ -22,7 +22,9 @@ STREAMS: dict[str, str] = {
     "placement_ga": "the expert placement genetic algorithm (sim.solve.placement.ga)",
     "ga": "the flow admission genetic algorithm (sim.solve.pfar.ga)",
     "instances": "semi-random flow admission instances (sim.solve.pfar.instances)",
-    "calibration": "the global search of a communication profile's fit (sim.calibrate.fit)",
+    "dispatch": "the dispatch benchmark's random gate scores (sim.moe.dispatch_benchmark)",
+    "calibration": "the global search of a communication profile's fit (sim.calibrate.fit) "
+                   "and of the GEMM model's (sim.calibrate.gemm)",
 }
 
 

@@ -11,8 +11,8 @@ import pytest
 
 SIM = Path(__file__).resolve().parents[1] / "sim"
 ENGINE = ("network", "collectives", "topology", "moe", "routing", "serving", "compute",
-          "workload", "model", "metrics")
-ABOVE_ENGINE = ("sim.runs", "sim.solve", "sim.report", "sim.cli")
+          "workload", "model", "metrics", "comm")
+ABOVE_ENGINE = ("sim.runs", "sim.solve", "sim.report", "sim.cli", "sim.calibrate")
 
 
 def imported(package: str) -> set[str]:

@@ -77,6 +77,8 @@ def test_every_shipped_scenario_validates(path):
     if sc.kind == "benchmark":
         assert sc.benchmark.algorithm in COLLECTIVES[sc.benchmark.collective]
         assert sc.benchmark.sizes and all(s > 0 for s in sc.benchmark.sizes)
+    elif sc.kind == "dispatch":
+        assert sc.model is None and sc.dispatch.topk <= sc.dispatch.num_experts
     else:
         assert sc.model is not None and sc.moe is not None
         assert len(sc.model.moe_layers()) == sc.model.num_layers
@@ -144,7 +146,7 @@ def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, GOOD + "fabirc: {}\n"))
     assert msg.endswith(
         "fabirc: unknown field; allowed: name, description, seed, topology, fabric, benchmark, "
-        "model, moe, parallel, training, gating, serving, comm_profile, placement"
+        "dispatch, model, moe, parallel, training, gating, serving, comm_profile, placement"
     )
 
 

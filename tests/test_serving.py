@@ -189,7 +189,8 @@ TRAINING_ONLY_VALUES = {
     "moe.capacity_convention": "gshard", "moe.rectify.intra_gpu": True,
     "parallel.expert_model_parallel_size": 8, "training.grad_dtype_bytes": 2,
     "training.overlap_grad_reduce": False, "training.a2a_algorithm": "bilevel",
-    "training.step": 3, "gating.trace": "t.npz", "gating.routing_groups": 4,
+    "training.step": 3, "training.dispatcher": "deepep", "training.gemm_dtype": "fp8",
+    "gating.trace": "t.npz", "gating.routing_groups": 4,
     "placement.solver": "greedy", "fabric.rate_tolerance": 0.01, "comm_profile": "ideal",
 }
 

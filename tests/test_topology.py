@@ -20,6 +20,7 @@ SHIPPED = {
     "dgx-h100": (8, 1, None, None),
     "h100-leaf-spine": (32, 4, 400, 1),
     "h100-leaf-spine-oversub": (32, 4, 400, 1),
+    "h800-leaf-spine": (16, 2, 400, 1),
     "a100-p4d": (16, 2, 100, 2),
     "ascend-910a": (64, 8, 100, 1),
     "fat-tree-3tier": (128, 16, 400, 1),

@@ -21,6 +21,11 @@ costs a collective library such as NCCL adds around the flows the fabric shares:
   NVLink rate and its fixed latency.
 * ``protocol_max_bytes``: the library's protocol by size (LL up to a size, then LL128, then
   Simple), which is what NCCL's own tuning does; without it the protocol of least predicted time.
+* ``deepep``: DeepEP's normal kernels (``training.dispatcher: deepep``): a fixed cost and the
+  rates its SM-bound network and NVLink stages reach.
+* ``compute``: not communication but the GPU's kernels: the parameters of the kernel-shaped
+  GEMM and attention model (``sim.compute.profile.ComputeProfile``) the training step times its
+  compute with; without it, the roofline.
 * ``p2p``: point-to-point (sendrecv, and the per-peer transfers of an alltoall): a peer's
   transfer uses one channel per ``bytes_per_channel`` up to ``max_channels`` of
   ``channel_gbps`` each inside a server, and ``net_channels`` of ``net_channel_gbps`` across
@@ -37,6 +42,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 
+from sim.compute.profile import ComputeProfile
 from sim.errors import UserError
 from sim.inputs import find_file, read_yaml, validation_message
 from sim.scenario.schema_base import StrictModel
@@ -107,6 +113,21 @@ class P2PCost(StrictModel):
     """One channel across the network, Gbit/s."""
 
 
+class DeepEPCost(StrictModel):
+    """DeepEP's normal dispatch/combine kernels (``training.dispatcher: deepep``). They run on a
+    fixed budget of SMs (24 in DeepEP's test), so besides the links, each GPU's kernel moves at
+    most so many bytes per second through each of its two stages."""
+
+    launch_us: Micros = 0.0
+    """Fixed cost of one dispatch or combine (launch, the notify step, the final barrier)."""
+    forward_gbps: Rate
+    """Bytes of (token, node) pairs one GPU's network stage moves per second, its own node
+    included (DeepEP's kernel passes those through the same buffers), Gbit/s."""
+    nvlink_gbps: Rate
+    """Bytes of tokens one GPU's NVLink stage delivers to it per second, its own tokens
+    included, Gbit/s."""
+
+
 class CommProfile(StrictModel):
     """A communication profile (see the module docstring)."""
 
@@ -130,6 +151,10 @@ class CommProfile(StrictModel):
     protocol_max_bytes: dict[Literal["LL", "LL128"], ByteCount] | None = None
     """The library's protocol choice by size, as NCCL's tuning tables make it: LL up to its
     size, then LL128 up to its, then Simple (None: the protocol of least predicted time)."""
+    deepep: DeepEPCost | None = None
+    """DeepEP's kernels (None: the links alone decide, no fixed cost)."""
+    compute: ComputeProfile | None = None
+    """The GPU's GEMM and attention kernels (``sim.compute.kernels``; None: the roofline)."""
 
     @property
     def is_ideal(self) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("training", "serving", "benchmark")
+KINDS = ("training", "serving", "benchmark", "dispatch")
 VIEWS = ("run", "report", "compare", "figure", "sweep", "routing")
 
 #: Display unit -> (the SI unit it shows, factor from the SI value).
@@ -97,7 +97,7 @@ def format_number(value: float) -> str:
     return f"{v:.4g}"
 
 
-T, S, B = ("training",), ("serving",), ("benchmark",)
+T, S, B, D = ("training",), ("serving",), ("benchmark",), ("dispatch",)
 TS = ("training", "serving")
 ALL = KINDS
 
@@ -110,6 +110,35 @@ METRICS: tuple[Metric, ...] = (
            "(a mapping)."),
     Metric("cluster", "cluster", "", ALL, "The cluster: topology name, GPUs, nodes, GPU model "
            "(a mapping)."),
+    # ---- dispatch: one MoE dispatch and combine (DeepEP's test)
+    Metric("dispatcher", "dispatcher", "", D, "alltoall, deepep or allgather "
+           "(sim.moe.dispatchers).", views=("run",)),
+    Metric("experts", "experts", "", D, "Experts of the layer: the scenario's rounded down to a "
+           "multiple of the GPU count, as DeepEP's test.", views=("run",)),
+    Metric("nodes", "servers", "", D, "Servers of the cluster.", views=("run",)),
+    Metric("dispatch_time_s", "dispatch time", "s", D, "One dispatch, until the last GPU has "
+           "received its tokens.", show="us", short="dispatch us", views=("run", "sweep"),
+           better="lower", main=D),
+    Metric("combine_time_s", "combine time", "s", D, "One combine (after the dispatch, from a "
+           "barrier), until the last GPU has its outputs back.", show="us",
+           short="combine us", views=("run", "sweep"), better="lower"),
+    Metric("dispatch_rdma_gbps", "dispatch RDMA bandwidth (DeepEP's counting)", "Gbit/s", D,
+           "(token, destination node) pairs, the sender's own node included, x bytes per "
+           "token / the GPU's dispatch time; mean over GPUs.", show="GB/s",
+           views=("run", "sweep"), better="higher"),
+    Metric("dispatch_nvl_gbps", "dispatch NVLink bandwidth (DeepEP's counting)", "Gbit/s", D,
+           "Tokens a GPU receives, its own included, x bytes per token / its dispatch time; "
+           "mean over GPUs.", show="GB/s", views=("run", "sweep"), better="higher"),
+    Metric("combine_rdma_gbps", "combine RDMA bandwidth (DeepEP's counting)", "Gbit/s", D,
+           "As the dispatch's, with the combine's bytes and time.", show="GB/s",
+           views=("run", "sweep"), better="higher"),
+    Metric("combine_nvl_gbps", "combine NVLink bandwidth (DeepEP's counting)", "Gbit/s", D,
+           "As the dispatch's, with the combine's bytes and time.", show="GB/s",
+           views=("run", "sweep"), better="higher"),
+    Metric("nodes_per_token", "servers per token", "", D, "Distinct destination servers of a "
+           "token (its own included), mean.", views=("run",)),
+    Metric("gpus_per_token", "GPUs per token", "", D, "Distinct destination GPUs of a token "
+           "(its own included), mean.", views=("run",)),
     # ---- training
     Metric("step_time_s", "step time", "s", T, "Simulated time of one training step: the last "
            "GPU done and every gradient reduction finished.", show="ms", short="step ms",
@@ -167,12 +196,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("a2a_inter_node_bytes", "All-to-All bytes between servers", "B", T, "Dispatch and "
            "combine bytes that cross servers, forward and backward.", show="GB",
            short="A2A inter GB", views=("report", "compare", "figure")),
-    Metric("inter_node_bytes", "bytes between servers", "B", T, "Every byte that crosses servers "
-           "(All-to-All, tensor parallel, gradients).", show="GB", short="inter GB",
+    Metric("inter_node_bytes", "bytes between servers", "B", T + D, "Every byte that crosses "
+           "servers (training: All-to-All, tensor parallel, gradients; dispatch: the dispatch "
+           "and the combine).", show="GB", short="inter GB",
            views=("run", "report", "compare")),
-    Metric("intra_node_bytes", "bytes inside servers", "B", T, "Every byte between GPUs of one "
-           "server.", show="GB", short="intra GB", views=("run", "report", "compare")),
-    Metric("gpus", "GPUs", "", T, "GPUs of the step.", views=("report",)),
+    Metric("intra_node_bytes", "bytes inside servers", "B", T + D, "Every byte between GPUs of "
+           "one server.", show="GB", short="intra GB", views=("run", "report", "compare")),
+    Metric("gpus", "GPUs", "", T + D, "GPUs of the step (of the dispatch).",
+           views=("report@training", "run@dispatch")),
     Metric("critical_gpu", "critical GPU", "", T, "The GPU that finished its own work last; "
            "breakdown_s is its time.", views=("run", "report")),
     Metric("breakdown_s", "critical GPU's time", "s", T, "The critical GPU's time by category "
@@ -238,7 +269,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("expert_bytes", "bytes per expert", "B", S, "Weights of one expert.", show="MB",
            views=("report",)),
     # ---- benchmark: one row per message size (results[])
-    Metric("comm_profile", "communication profile", "", ("training", "benchmark"), "The "
+    Metric("comm_profile", "communication profile", "", ("training", "benchmark", "dispatch"),
+           "The "
            "communication profile the run used (the scenario's, else its topology's)."),
     Metric("results", "results", "", B, "One row per message size (the fields below)."),
     Metric("collective", "collective", "", B, "all_reduce, all_gather, reduce_scatter, "

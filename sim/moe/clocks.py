@@ -16,6 +16,7 @@ import numpy as np
 from sim.collectives.algorithms import hierarchical_stages, staggered_transfer
 from sim.metrics import NullRecorder
 from sim.network.fabric import Fabric
+from sim.units import gbps_to_bytes_per_s
 
 START_MERGE = 0.05
 
@@ -63,20 +64,43 @@ class GpuClocks:
         return out
 
     def exchange(self, matrix, cat: str, phase: str, layer: int, a2a: bool = True,
-                 group: int = 0) -> Generator:
+                 group: int = 0, deepep=None) -> Generator:
         """Send the (P, P) bytes of ``matrix`` (an All-to-All, or with ``a2a`` False the direct
         AllGather or ReduceScatter of groups of ``group`` GPUs inside a server); returns the
-        longest wait of any GPU (s)."""
+        longest wait of any GPU (s).
+
+        ``deepep``: ``(forwarded, received)`` bytes per GPU (``sim.moe.dispatchers``): the
+        matrix is one DeepEP kernel (both stages at once), which pays the profile's DeepEP fixed
+        cost and takes at least its stages' bytes over their rates on every GPU."""
         start = self.ready.copy()
-        for m in self.stages(matrix, a2a):
+        for m in ([matrix] if deepep is not None else self.stages(matrix, a2a)):
             span = max(self.ready.max() - self.ready.min(), 0.0)
-            delay, cap_of = self._library(m, a2a, group)
+            delay, cap_of = (self._deepep_cost() if deepep is not None
+                             else self._library(m, a2a, group))
             recv, _ = yield from staggered_transfer(self.fabric, m, self.ready,
                                                     START_MERGE * span, delay, cap_of)
             self.ready = np.maximum(self.ready, recv)
             self.count(m.copy(), a2a)
+        if deepep is not None:
+            self.ready = np.maximum(self.ready, self._deepep_floor(deepep, start))
         self.spans(cat, phase, layer, start, self.ready)
         return float((self.ready - start).max())
+
+    def _deepep_cost(self) -> tuple[float, None]:
+        """(fixed delay s, no per-flow caps) of a DeepEP kernel under the model."""
+        cost = None if self.model is None else self.model.profile.deepep
+        return (0.0 if cost is None else cost.launch_us * 1e-6), None
+
+    def _deepep_floor(self, loads, start) -> np.ndarray:
+        """When each GPU's DeepEP kernel is done at the earliest: start + fixed cost + the
+        larger of its stages' bytes over their rates (``start`` without a DeepEP profile)."""
+        cost = None if self.model is None else self.model.profile.deepep
+        if cost is None:
+            return start
+        forwarded, received = loads
+        stage = np.maximum(np.asarray(forwarded) / gbps_to_bytes_per_s(cost.forward_gbps),
+                           np.asarray(received) / gbps_to_bytes_per_s(cost.nvlink_gbps))
+        return start + cost.launch_us * 1e-6 + stage
 
     def _library(self, matrix, a2a: bool, group: int):
         """(fixed delay s, per-flow cap function) of one exchange under the model."""

@@ -80,6 +80,21 @@ class Layout:
             offset = np.arange(self.experts)[None, :] // self.experts_per_gpu
         return (base[:, None] + offset) * self.etp + tp_rank[:, None]
 
+    def expert_unit(self, layer: int = 0) -> np.ndarray:
+        """(E,): the unit (0..ep-1, inside every EP group) holding expert e at MoE layer
+        ``layer``."""
+        if self.placement is not None:
+            return np.asarray(self.placement[layer])
+        return np.arange(self.experts) // self.experts_per_gpu
+
+    def unit_gpu(self, src: np.ndarray) -> np.ndarray:
+        """(len(src), ep): the rank of unit j of ``src``'s EP group receiving ``src``'s
+        tokens."""
+        src = np.asarray(src)
+        unit, tp_rank = src // self.etp, src % self.etp
+        base = (unit // self.ep) * self.ep
+        return (base[:, None] + np.arange(self.ep)[None, :]) * self.etp + tp_rank[:, None]
+
     def with_placement(self, placement, layers: int, source: str = "") -> Layout:
         """This layout with expert e of MoE layer l on unit ``placement[l][e]`` of every EP group;
         a placement of the wrong shape or with units outside 0..ep-1 is a UserError."""

@@ -34,6 +34,9 @@ class LayerRouting:
     * ``no_expert`` (P,): tokens of GPU p's routing group left with no expert after capacity
       (every choice dropped, or, with expert choice, picked by none); they pass through the
       residual. Counted before Rectify's corrections.
+    * ``unit_tokens`` (P, ep) and ``node_tokens`` (P, nodes of an EP group): distinct tokens of
+      GPU p with a kept expert on unit j of its EP group / on the group's n-th server (the
+      ``deepep`` dispatcher's counts; None for the others)
     """
 
     routed: np.ndarray
@@ -45,6 +48,8 @@ class LayerRouting:
     stats: dict = field(default_factory=dict)
     """Router-specific statistics, mean over routing groups (e.g. SMILE's balance terms)."""
     no_expert: np.ndarray | None = None
+    unit_tokens: np.ndarray | None = None
+    node_tokens: np.ndarray | None = None
 
     def __post_init__(self):
         for name in ("filled", "local"):
@@ -84,7 +89,7 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
 
     model, moe, gating = scenario.model, scenario.moe, scenario.gating
     if gating.trace is not None:
-        return _plan_from_trace(scenario, layout)
+        return _plan_from_trace(scenario, layout, gpu_node)
     n_moe = sum(model.moe_layers())
     tokens = model.micro_batch_size * model.seq_length // layout.tp  # sequence-parallel shard
     e, k = moe.num_experts, moe.moe_router_topk
@@ -93,7 +98,7 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     rng = stream(scenario.seed, "routing")
     p = layout.gpus
     groups = min(p, gating.routing_groups or p)
-    counts = _Counts(n_moe, groups, e)
+    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, gpu_node))
     step = scenario.training.step
     expert_gpu = [layout.expert_gpu(np.arange(p), li) for li in range(n_moe)]
     for g in range(groups):
@@ -106,7 +111,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
             if layout.placement is not None:
                 ctx = replace(ctx, expert_gpu=expert_gpu[li][g])
             a = route(moe.router.name, logits[li], ctx)
-            counts.add(li, g, a, logits[li], cap, moe, expert_gpu[li][g] == g)
+            counts.add(li, g, a, logits[li], cap, moe, expert_gpu[li][g] == g,
+                       layout.expert_unit(li))
             if moe.router.name in ROUTER_STATS:
                 counts.stat(li, ROUTER_STATS[moe.router.name](a, logits[li], ctx))
         if progress is not None:
@@ -125,25 +131,56 @@ def _smile_stats(a, logits, ctx) -> dict:
 ROUTER_STATS = {"smile": _smile_stats}
 
 
-class _Counts:
-    """Per (layer, routing group, expert) counts of routed, kept, filled-in and local tokens."""
+def _unit_nodes(scenario, layout: Layout, gpu_node: np.ndarray) -> np.ndarray | None:
+    """(ep,): the server of each unit of an EP group, counted from the group's first server,
+    when the dispatcher needs distinct tokens per server (deepep); the same for every group."""
+    if scenario.training.dispatcher != "deepep":
+        return None
+    from sim.errors import UserError
 
-    def __init__(self, n_moe: int, groups: int, e: int):
+    nodes = gpu_node[layout.unit_gpu(np.arange(layout.gpus))]
+    rel = nodes - nodes.min(axis=1, keepdims=True)
+    if (rel != rel[0]).any():
+        raise UserError("training.dispatcher: deepep needs expert-parallel groups that lie "
+                        "on whole servers alike (every group's units on its servers in the "
+                        "same pattern)")
+    return rel[0]
+
+
+class _Counts:
+    """Per (layer, routing group, expert) counts of routed, kept, filled-in and local tokens;
+    with ``unit_node`` (the deepep dispatcher) distinct tokens per unit and per server too."""
+
+    def __init__(self, n_moe: int, groups: int, e: int, unit_node: np.ndarray | None = None):
         self.routed, self.kept, self.filled, self.local = (
             np.zeros((n_moe, groups, e), dtype=np.int64) for _ in range(4))
         self.no_expert = np.zeros((n_moe, groups), dtype=np.int64)
         self.stats: list[dict[str, list[float]]] = [{} for _ in range(n_moe)]
+        self.unit_node = unit_node
+        if unit_node is not None:
+            self.unit_tokens = np.zeros((n_moe, groups, unit_node.size), dtype=np.int64)
+            self.node_tokens = np.zeros((n_moe, groups, int(unit_node.max()) + 1),
+                                        dtype=np.int64)
 
     def stat(self, li: int, values: dict) -> None:
         for key, value in values.items():
             self.stats[li].setdefault(key, []).append(float(value))
 
-    def add(self, li: int, g: int, a, logits, cap, moe, local_experts: np.ndarray) -> None:
-        """Capacity and (optional) rectification of one group's assignment ``a``."""
+    def add(self, li: int, g: int, a, logits, cap, moe, local_experts: np.ndarray,
+            expert_unit: np.ndarray | None = None) -> None:
+        """Capacity and (optional) rectification of one group's assignment ``a``;
+        ``expert_unit`` (E,): the unit of each expert (for the distinct counts)."""
         kept = apply_capacity(a, cap, moe.moe_token_drop_policy, moe.capacity_convention)
         self.routed[li, g] = a.expert_load()
         self.kept[li, g] = kept.load
-        self.no_expert[li, g] = a.num_tokens - np.unique(np.asarray(a.token)[kept.kept]).size
+        kept_tokens = np.asarray(a.token)[kept.kept]
+        self.no_expert[li, g] = a.num_tokens - np.unique(kept_tokens).size
+        if self.unit_node is not None:
+            from sim.moe.dispatchers import distinct_tokens
+
+            units = expert_unit[np.asarray(a.expert)[kept.kept]]
+            self.unit_tokens[li, g], self.node_tokens[li, g] = distinct_tokens(
+                kept_tokens, units, self.unit_node.size, self.unit_node)
         rect = moe.rectify
         if rect.fill_in or rect.intra_gpu:
             probs = softmax(np.asarray(logits, dtype=float))
@@ -157,11 +194,16 @@ class _Counts:
         """LayerRoutings for ``p`` GPUs; GPU g takes routing group g mod (groups counted)."""
         routed, kept, filled, local = self.routed, self.kept, self.filled, self.local
         no_expert = self.no_expert
+        distinct = self.unit_node is not None
+        unit_tokens = self.unit_tokens if distinct else None
+        node_tokens = self.node_tokens if distinct else None
         groups = routed.shape[1]
         if groups < p:
             reuse = np.arange(p) % groups
             routed, kept, filled, local = (x[:, reuse] for x in (routed, kept, filled, local))
             no_expert = no_expert[:, reuse]
+            if distinct:
+                unit_tokens, node_tokens = unit_tokens[:, reuse], node_tokens[:, reuse]
         layers = []
         for li in range(routed.shape[0]):
             sent = kept[li] + filled[li]
@@ -173,12 +215,13 @@ class _Counts:
             else:
                 slots = sent.copy()
             stats = {k: float(np.mean(v)) for k, v in self.stats[li].items()}
-            layers.append(LayerRouting(routed[li], kept[li], slots, cap, filled[li], local[li],
-                                       stats, no_expert[li]))
+            layers.append(LayerRouting(
+                routed[li], kept[li], slots, cap, filled[li], local[li], stats, no_expert[li],
+                unit_tokens[li] if distinct else None, node_tokens[li] if distinct else None))
         return layers
 
 
-def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
+def _plan_from_trace(scenario, layout: Layout, gpu_node) -> list[LayerRouting]:
     """Replay a recorded routing trace: GPU g takes the trace's tokens g*S .. (g+1)*S - 1,
     wrapping around when the trace is shorter; no generator, no router, same capacity rules."""
     from sim.errors import UserError
@@ -203,7 +246,7 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
                         "a trace does not record; use the gate generator")
     p = layout.gpus
     groups = min(p, scenario.gating.routing_groups or p)
-    counts = _Counts(n_moe, groups, e)
+    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, np.asarray(gpu_node)))
     rows = np.repeat(np.arange(tokens), k)
     choice = np.tile(np.arange(k), tokens)
     for g in range(groups):
@@ -211,5 +254,6 @@ def _plan_from_trace(scenario, layout: Layout) -> list[LayerRouting]:
         for li in range(n_moe):
             score = trace.scores[li, idx].ravel().astype(float)
             a = Assignment(rows, trace.experts[li, idx].ravel(), score, choice, score, tokens, e)
-            counts.add(li, g, a, None, cap, moe, np.zeros(e, dtype=bool))
+            counts.add(li, g, a, None, cap, moe, np.zeros(e, dtype=bool),
+                       layout.expert_unit(li))
     return counts.layers(cap, moe.moe_pad_expert_input_to_capacity, p)

@@ -31,9 +31,10 @@ class TrainingResult:
 
 
 def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
-                placement=None) -> StepInputs:
+                placement=None, compute=None) -> StepInputs:
     """Sizes, layout and routing plan of ``scenario`` on ``cluster``; ``placement`` (MoE
-    layers, E) puts expert e of layer l on GPU ``placement[l][e]`` of each EP group."""
+    layers, E) puts expert e of layer l on GPU ``placement[l][e]`` of each EP group;
+    ``compute``: the profile's compute section (None: the roofline times the compute)."""
     model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
     tp = par.tensor_model_parallel_size
     layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
@@ -51,12 +52,44 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
     if moe.rectify.intra_gpu and layout.etp > 1:
         raise UserError(f"{where}moe.rectify.intra_gpu: needs expert_tensor_parallel_size 1 "
                         f"(a GPU holds whole experts only then; got {layout.etp})")
+    _check_dispatcher(scenario, layout, where)
     return StepInputs(
         shape=Shape.of(model, moe), seq_len=model.seq_length, tokens=tokens // tp,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
         routing=_plan(scenario, layout, cluster, source, progress),
-        a2a_algorithm=tr.a2a_algorithm)
+        a2a_algorithm=tr.a2a_algorithm, dispatcher=tr.dispatcher, gpu_node=cluster.node_of,
+        local_rank=cluster.local_rank, compute=compute, gemm_dtype=tr.gemm_dtype)
+
+
+def _check_dispatcher(scenario, layout: Layout, where: str) -> None:
+    """The deepep and allgather dispatchers send whole tokens: no a2a_algorithm stages, no
+    padded slots, no Rectify, whole experts per GPU."""
+    tr, moe = scenario.training, scenario.moe
+    if tr.dispatcher == "alltoall":
+        return
+    clash = ("training.a2a_algorithm" if tr.a2a_algorithm != "direct" else
+             "moe.moe_pad_expert_input_to_capacity" if moe.moe_pad_expert_input_to_capacity
+             else "moe.rectify" if moe.rectify.fill_in or moe.rectify.intra_gpu else
+             "parallel.expert_tensor_parallel_size" if layout.etp > 1 else None)
+    if clash is not None:
+        raise UserError(f"{where}training.dispatcher: {tr.dispatcher} sends whole tokens to "
+                        f"whole experts; {clash} is an alltoall setting (use dispatcher "
+                        "alltoall, or remove it)")
+
+
+def _check_gemm_dtype(scenario, cluster: Cluster, profile, source: str) -> None:
+    """FP8 GEMMs need the kernel model (the roofline times BF16) and an FP8 tensor peak."""
+    if scenario.training.gemm_dtype != "fp8":
+        return
+    where = f"{source}: " if source else ""
+    if profile.compute is None:
+        raise UserError(f"{where}training.gemm_dtype: fp8 needs a communication profile with a "
+                        f"compute section (profile {profile.name} has none; the roofline "
+                        "times BF16 only)")
+    if cluster.gpu.peak_fp8_flops <= 0:
+        raise UserError(f"{where}training.gemm_dtype: fp8, but GPU {cluster.gpu.name} has no "
+                        "FP8 tensor peak in the catalog")
 
 
 def _plan(scenario, layout, cluster, source, progress):
@@ -75,8 +108,9 @@ def run_training(scenario, cluster: Cluster, source: str = "", progress=None,
 
     ``progress(stage, done, total)``: optional callback (routing groups, then layers).
     ``placement``: expert -> GPU per MoE layer (see ``step_inputs``), default block placement."""
-    inp = step_inputs(scenario, cluster, source, progress, placement)
     profile = load_profile(scenario.comm_profile or cluster.comm_profile)
+    _check_gemm_dtype(scenario, cluster, profile, source)
+    inp = step_inputs(scenario, cluster, source, progress, placement, profile.compute)
     options = FabricOptions.from_settings(scenario.fabric, profile)
     env = simpy.Environment()
     fabric = Fabric(env, cluster, options)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.compute import backward_time_s
+from sim.compute.profile import ComputeProfile
 from sim.model import Shape
 from sim.moe.clocks import GpuClocks
 from sim.moe.gradients import GradientReduction
@@ -52,6 +53,11 @@ class StepInputs:
     layout: Layout
     routing: list[LayerRouting]  # one per MoE layer, in order
     a2a_algorithm: str = "direct"  # or "hierarchical", "bilevel"
+    dispatcher: str = "alltoall"  # or "deepep", "allgather" (sim.moe.dispatchers)
+    gpu_node: np.ndarray | None = None  # (P,) server of each GPU (deepep)
+    local_rank: np.ndarray | None = None  # (P,) rank inside its server (deepep)
+    compute: ComputeProfile | None = None  # the profile's kernel model; None: the roofline
+    gemm_dtype: str = "bf16"  # or "fp8" (needs compute)
 
 
 @dataclass
@@ -98,12 +104,14 @@ def forward(clocks: GpuClocks, inp: StepInputs, work: StepWork, progress=None) -
         row["attention_s"], row["tp_s"] = yield from clocks.tp_framed(
             "attention", "fwd", layer, np.full(p, work.dense_fwd[moe]), work.tp_gather[moe])
         if moe:
-            m = work.dispatch[layer]
-            row["dispatch_s"] = yield from clocks.exchange(m, "dispatch", "fwd", layer)
+            disp, comb = work.deepep.get(layer, (None, None))
+            row["dispatch_s"] = yield from clocks.exchange(work.dispatch[layer], "dispatch",
+                                                           "fwd", layer, deepep=disp)
             row["expert_s"], t = yield from clocks.tp_framed(
                 "expert", "fwd", layer, work.expert_fwd[layer], work.unit_gather.get(layer))
             row["tp_s"] += t
-            row["combine_s"] = yield from clocks.exchange(m.T.copy(), "combine", "fwd", layer)
+            row["combine_s"] = yield from clocks.exchange(work.combine[layer], "combine",
+                                                          "fwd", layer, deepep=comb)
             if layer in work.local_fwd:
                 row["expert_s"] += clocks.compute("expert", "fwd", layer, work.local_fwd[layer])
         rows.append(row)
@@ -119,14 +127,18 @@ def backward(clocks: GpuClocks, inp: StepInputs, work: StepWork, grads: Gradient
     for layer in reversed(range(len(moe_layers))):
         moe = moe_layers[layer]
         if moe:
-            m = work.dispatch[layer]
+            # gradients go back the way the combine came and return the way the dispatch
+            # went, in the combine's precision
+            comb = work.deepep.get(layer, (None, None))[1]
             if layer in work.local_fwd:
                 clocks.compute("expert", "bwd", layer, backward_time_s(work.local_fwd[layer]))
-            yield from clocks.exchange(m, "combine", "bwd", layer)
+            yield from clocks.exchange(work.combine[layer].T.copy(), "combine", "bwd", layer,
+                                       deepep=comb)
             yield from clocks.tp_framed("expert", "bwd", layer,
                                         backward_time_s(work.expert_fwd[layer]),
                                         work.unit_gather.get(layer))
-            yield from clocks.exchange(m.T.copy(), "dispatch", "bwd", layer)
+            yield from clocks.exchange(work.combine[layer], "dispatch", "bwd", layer,
+                                       deepep=comb)
         yield from clocks.tp_framed("attention", "bwd", layer,
                                     np.full(p, backward_time_s(work.dense_fwd[moe])),
                                     work.tp_gather[moe])

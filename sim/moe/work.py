@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.compute import dense_layer_time_s, expert_ffn_time_s
+from sim.compute import kernels
+from sim.moe.dispatchers import deepep_loads, deepep_matrix, token_bytes
 
 
 def group_matrix(groups: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
@@ -47,7 +48,13 @@ class StepWork:
     tp_gather: dict = field(default_factory=dict)
     """(P, P) sequence-parallel AllGather bytes before TP-split blocks, None without TP."""
     dispatch: dict = field(default_factory=dict)
-    """(P, P) dispatch bytes of each MoE layer (the combine is its transpose)."""
+    """(P, P) dispatch bytes of each MoE layer."""
+    combine: dict = field(default_factory=dict)
+    """(P, P) combine bytes of each MoE layer (the dispatch's transpose, in the combine's
+    precision)."""
+    deepep: dict = field(default_factory=dict)
+    """deepep dispatcher: per MoE layer, the DeepEP loads (``sim.moe.clocks``) of the dispatch
+    and of the combine: ((forwarded, received) bytes per GPU, the same for the combine)."""
     expert_fwd: dict = field(default_factory=dict)
     """(P,) forward expert-FFN seconds of each GPU."""
     unit_gather: dict = field(default_factory=dict)
@@ -64,12 +71,13 @@ def step_work(inp, spec) -> StepWork:
     p, tp = lay.gpus, lay.tp
     act = s.hidden * inp.dtype_bytes  # bytes per token slot
     for moe in (False, True):
-        # the TP group's micro-batch, 1/tp of its compute on each rank
-        work.dense_fwd[moe] = float(dense_layer_time_s(
-            inp.tokens * tp, inp.seq_len, s.hidden, s.heads, spec,
+        # the TP group's micro-batch, one rank's 1/tp share of its compute (the kernel model
+        # with the profile's compute section, else the roofline)
+        work.dense_fwd[moe] = kernels.dense_layer_time_s(
+            inp.tokens * tp, inp.seq_len, s.hidden, s.heads, spec, inp.compute, tp=tp,
             ffn_hidden=None if moe else s.ffn_hidden, gated=s.gated,
             num_experts=s.experts if moe else None, kv_heads=s.kv_heads,
-            dtype_bytes=inp.dtype_bytes)) / tp
+            dtype_bytes=inp.dtype_bytes, gemm_dtype=inp.gemm_dtype)
         # sequence-parallel AllGather before the TP-split blocks (ReduceScatter after: .T);
         # a dense-FFN layer has two such blocks, attention and MLP
         blocks = 1 if moe else 2
@@ -84,23 +92,52 @@ def step_work(inp, spec) -> StepWork:
     return work
 
 
+def _exchanges(work: StepWork, inp, layer: int, r, m: np.ndarray,
+               act: float) -> tuple[np.ndarray, np.ndarray]:
+    """(dispatch, combine) byte matrices of one MoE layer under ``inp.dispatcher``; ``m`` is
+    the all-to-all dispatch (one copy per token slot)."""
+    lay = inp.layout
+    if inp.dispatcher == "allgather":  # every token to every GPU of its EP group, and back
+        g = group_matrix(np.arange(lay.gpus).reshape(-1, lay.ep), np.full(lay.gpus,
+                                                                          inp.tokens * act))
+        return g, g.T.copy()
+    if inp.dispatcher != "deepep":
+        return m, m.T.copy()
+    p, hidden = lay.gpus, inp.shape.hidden
+    units = lay.unit_gpu(np.arange(p))  # (P, ep)
+    gpu_tokens = np.zeros((p, p))
+    gpu_tokens[np.arange(p)[:, None], units] = r.unit_tokens
+    first = inp.gpu_node[units].min(axis=1)  # each GPU's EP group's first server
+    node_tokens = np.zeros((p, int(inp.gpu_node.max()) + 1))
+    rel = np.arange(r.node_tokens.shape[1])
+    node_tokens[np.arange(p)[:, None], first[:, None] + rel[None, :]] = r.node_tokens
+    base = deepep_matrix(gpu_tokens, node_tokens, inp.gpu_node, inp.local_rank, 1.0)
+    fwd, recv = deepep_loads(gpu_tokens, node_tokens)
+    d_b, c_b = token_bytes(hidden, "fp8"), token_bytes(hidden, "bf16")
+    work.deepep[layer] = ((fwd * d_b, recv * d_b), (fwd * c_b, recv * c_b))
+    return base * d_b, base.T * c_b
+
+
 def _moe_layer(work: StepWork, inp, spec, layer: int, li: int, gpus, units, act) -> None:
     lay, s = inp.layout, inp.shape
     r = inp.routing[li]
     dest = lay.expert_gpu(gpus, li)  # (P, E)
     m = dispatch_matrix(r.slots, dest, act)
-    work.dispatch[layer] = m
+    work.dispatch[layer], work.combine[layer] = _exchanges(work, inp, layer, r, m, act)
     recv_slots = np.zeros((lay.gpus, s.experts))
     np.add.at(recv_slots, (dest.ravel(), np.tile(np.arange(s.experts), lay.gpus)),
               r.slots.ravel())
     # each rank of an expert unit computes its 1/etp shard on all the unit's tokens
     unit_slots = recv_slots[units].sum(axis=1)
-    per_expert = expert_ffn_time_s(unit_slots, s.hidden, s.moe_ffn_hidden / lay.etp, spec,
-                                   gated=s.gated, dtype_bytes=inp.dtype_bytes)
-    work.expert_fwd[layer] = np.repeat(per_expert.sum(axis=1), lay.etp)  # idle experts: free
+    # (a grouped GEMM per projection with the profile's compute section, else per-expert
+    # rooflines); idle experts are free
+    per_unit = kernels.experts_time_s(unit_slots, s.hidden, s.moe_ffn_hidden / lay.etp, spec,
+                                      inp.compute, gated=s.gated, dtype_bytes=inp.dtype_bytes,
+                                      gemm_dtype=inp.gemm_dtype)
+    work.expert_fwd[layer] = np.repeat(per_unit, lay.etp)
     if lay.etp > 1:
         work.unit_gather[layer] = group_matrix(units, m.sum(axis=0))
     if r.local.any():  # Rectify IR: each GPU's own experts take its unrouted tokens
-        work.local_fwd[layer] = expert_ffn_time_s(
-            r.local, s.hidden, s.moe_ffn_hidden, spec, gated=s.gated,
-            dtype_bytes=inp.dtype_bytes).sum(axis=1)
+        work.local_fwd[layer] = kernels.experts_time_s(
+            r.local, s.hidden, s.moe_ffn_hidden, spec, inp.compute, gated=s.gated,
+            dtype_bytes=inp.dtype_bytes, gemm_dtype=inp.gemm_dtype)

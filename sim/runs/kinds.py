@@ -69,4 +69,4 @@ def summary_head(kind: str, scenario: Any, cluster: Any) -> dict:
 
 
 # The kinds register themselves on import (after the names above exist).
-from sim.runs import benchmark, serving, training  # noqa: E402,F401
+from sim.runs import benchmark, dispatch, serving, training  # noqa: E402,F401

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from sim.inputs.messages import NAME_PATTERN, FieldProblem, submodel
+from sim.scenario.dispatch import Dispatch
 from sim.scenario.schema_base import StrictModel
 from sim.scenario.serving import SERVING_ROUTERS, TRAINING_ONLY, Serving
 from sim.scenario.training import Gating, Model, Moe, Parallel, Placement, Training
@@ -154,6 +155,8 @@ class Scenario(StrictModel):
     fabric: Fabric = Fabric()
     benchmark: Benchmark | None = None
     """A collective benchmark; or, instead, an MoE training step (model + moe)."""
+    dispatch: Dispatch | None = None
+    """An MoE dispatch/combine benchmark (DeepEP's test) instead of the above."""
     model: Model | None = None
     moe: Moe | None = None
     parallel: Parallel = Parallel()
@@ -169,6 +172,13 @@ class Scenario(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Scenario:
+        if self.dispatch is not None:
+            other = next((k for k in ("benchmark", "model", "moe", "serving", "placement")
+                          if getattr(self, k) is not None), None)
+            if other is not None:
+                raise ValueError(f"{other}: a dispatch benchmark (dispatch:) stands alone; "
+                                 "remove benchmark, model, moe, serving and placement")
+            return self
         if self.benchmark is not None and self.serving is not None:
             raise ValueError("serving: a scenario is either a benchmark or a serving run, not both")
         if self.benchmark is not None and (self.model is not None or self.moe is not None):
@@ -182,6 +192,8 @@ class Scenario(StrictModel):
 
     @model_validator(mode="after")
     def _serving_uses_its_inputs(self) -> Scenario:
+        if self.dispatch is not None:
+            return self
         if self.serving is None:
             if self.benchmark is None and self.model.seq_length is None:
                 raise FieldProblem(("model", "seq_length"), "required for a training step", None)
@@ -206,9 +218,11 @@ class Scenario(StrictModel):
 
     @property
     def kind(self) -> str:
-        """``benchmark``, ``training`` or ``serving``."""
+        """``benchmark``, ``dispatch``, ``training`` or ``serving``."""
         if self.benchmark is not None:
             return "benchmark"
+        if self.dispatch is not None:
+            return "dispatch"
         return "serving" if self.serving is not None else "training"
 
 

@@ -93,6 +93,8 @@ TRAINING_ONLY: dict[str, str] = {
     "training.grad_dtype_bytes": "serving has no backward pass",
     "training.overlap_grad_reduce": "serving has no backward pass",
     "training.a2a_algorithm": "serving runs on one GPU, with no All-to-All",
+    "training.dispatcher": "serving runs on one GPU, with no dispatch across GPUs",
+    "training.gemm_dtype": "serving times its kernels with the BF16 roofline",
     "training.step": "serving draws its gate per request",
     "gating.trace": "serving routes its requests with the gate generator",
     "gating.routing_groups": "serving routes every request on its own",

@@ -107,6 +107,11 @@ class Parallel(StrictModel):
 class Training(StrictModel):
     dtype_bytes: int = Field(2, gt=0)
     """Bytes per activation element (2 = bf16)."""
+    gemm_dtype: Literal["bf16", "fp8"] = "bf16"
+    """Precision of the GEMMs (projections, FFNs, experts) under a communication profile with a
+    ``compute`` section: ``fp8`` times them at the FP8 tensor peak with 1-byte inputs (BF16
+    outputs); the router and the attention core stay BF16. The roofline (no ``compute``
+    section) times BF16 only, so ``fp8`` needs one."""
     grad_dtype_bytes: int = Field(4, gt=0)
     """Bytes per gradient element in the data-parallel AllReduce (4 = fp32 reduction)."""
     overlap_grad_reduce: bool = True
@@ -117,6 +122,12 @@ class Training(StrictModel):
     nodes between GPUs of the same local rank, then inside the destination node)."""
     step: int = Field(0, ge=0)
     """Which training step's routing to simulate (drift moves with it)."""
+    dispatcher: Literal["alltoall", "deepep", "allgather"] = "alltoall"
+    """How dispatch and combine move tokens (``sim.moe.dispatchers``): ``alltoall``, one copy
+    per (token, expert) (Megatron-Core's all-to-all dispatcher; ``a2a_algorithm`` applies);
+    ``deepep``, DeepEP's normal kernels (once per destination node over the network, then over
+    NVLink; FP8 dispatch, BF16 combine); ``allgather``, every GPU gathers its expert-parallel
+    group's tokens (and reduce-scatters the outputs back)."""
 
 
 class Gating(StrictModel):

@@ -22,7 +22,9 @@ class GpuSpec:
     per GPU per direction, bytes/s (NVLink, or the sum of HCCS ports on Ascend).
     ``pcie_bandwidth_Bps``: host link per direction, bytes/s. ``scale_up_links``: number of
     point-to-point scale-up links per GPU (NVLink links or HCCS ports). ``peak_fp8_flops``:
-    dense FP8 tensor peak, FLOP/s (0 for chips without FP8 tensor cores).
+    dense FP8 tensor peak, FLOP/s (0 for chips without FP8 tensor cores). ``num_sms``: streaming
+    multiprocessors (0 = unknown: the kernel model ``sim.compute.kernels`` then does no wave
+    quantisation).
     """
 
     name: str
@@ -35,6 +37,7 @@ class GpuSpec:
     scale_up_links: int = 0
     notes: str = ""
     peak_fp8_flops: float = 0.0
+    num_sms: int = 0
 
     @property
     def scale_up_link_bandwidth_Bps(self) -> float:
@@ -65,6 +68,9 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up_links=18,
             notes="NVIDIA H100 SXM5 datasheet; BF16 dense = half the sparse figure",
             peak_fp8_flops=1978.9e12,  # FP8 3,958 TFLOPS with sparsity
+            # NVIDIA H100 Tensor Core GPU Architecture whitepaper (2022): the H100 SXM5 part
+            # enables 132 of the GH100 die's 144 SMs
+            num_sms=132,
         ),
         # NVIDIA H800 SXM5: the H100 SXM5 compute die and 80 GB HBM3 at 3.35 TB/s, with NVLink cut
         # to 400 GB/s bidirectional (8 links) for export; DeepGEMM's README quotes its FP8 peak
@@ -81,6 +87,7 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up_links=8,
             notes="H100 SXM5 compute and HBM, NVLink 400 GB/s bidirectional (export variant)",
             peak_fp8_flops=1978.9e12,
+            num_sms=132,  # H100 SXM5's die (whitepaper above); DeepGEMM's H800 runs use 132
         ),
         # NVIDIA H200 datasheet (SXM column): same compute as H100 SXM (BF16 1,979 TFLOPS sparse),
         # 141 GB HBM3e at 4.8 TB/s, NVLink 900 GB/s, PCIe Gen5 128 GB/s. "141 GB" is the
@@ -96,6 +103,7 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up_links=18,
             notes="NVIDIA H200 SXM datasheet",
             peak_fp8_flops=1978.9e12,
+            num_sms=132,  # the H100 SXM5 GH100 configuration (H100 whitepaper), HBM3e aside
         ),
         # NVIDIA A100 Tensor Core GPU datasheet (80GB SXM column): BF16 312 TFLOPS dense
         # (624 sparse), 80 GB HBM2e at 2,039 GB/s, NVLink 3 600 GB/s (12 links x 50 GB/s bidir.),
@@ -110,6 +118,8 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up="nvlink",
             scale_up_links=12,
             notes="NVIDIA A100 80GB SXM datasheet",
+            # NVIDIA A100 Tensor Core GPU Architecture whitepaper (2020): 108 of GA100's 128 SMs
+            num_sms=108,
         ),
         # Same datasheet, 40GB SXM column (the part in AWS p4d.24xlarge): 40 GB HBM2 at
         # 1,555 GB/s; compute and links as the 80 GB part.
@@ -123,6 +133,7 @@ _CATALOG: dict[str, GpuSpec] = {
             scale_up="nvlink",
             scale_up_links=12,
             notes="NVIDIA A100 40GB SXM datasheet",
+            num_sms=108,  # A100 whitepaper, as the 80 GB part
         ),
         # NVIDIA Tesla V100 datasheet (SXM2): 125 TFLOPS FP16 tensor (V100 has no BF16),
         # 32 GB HBM2 at 900 GB/s, NVLink 2 300 GB/s (6 links x 50 GB/s bidir.), PCIe Gen3 32 GB/s
