@@ -74,6 +74,8 @@ def test_profiles_are_found_by_name_and_checked():
     ("link_efficiency: {nvlink: 1.5}\n", "link_efficiency.nvlink: must be <= 1 (got 1.5)"),
     ("protocols: {LL256: {}}\n", "protocols.LL256"),
     ("launch_us: -1\n", "launch_us: must be >= 0"),
+    ("deepep: {forward_gbps: -3, nvlink_gbps: 1000}\n", "deepep.forward_gbps: must be > 0"),
+    ("deepep: {nvlink_gbps: 1000}\n", "deepep.forward_gbps"),
 ])
 def test_bad_profiles_name_the_file_and_field(tmp_path, body, words):
     path = tmp_path / "p.yaml"
