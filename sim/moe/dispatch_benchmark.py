@@ -137,9 +137,11 @@ def run_dispatch(scenario, cluster, profile, routing: DispatchRouting | None = N
            "gpus": int(cluster.num_gpus), "nodes": int(cluster.num_nodes)}
     for name, nbytes in (("dispatch", dispatch_b), ("combine", combine_b)):
         t = times[name]
+        busy = t > 0  # a GPU with nothing to wait for (no flows, no kernel cost) has no rate
         out[f"{name}_time_s"] = float(t.max())
-        out[f"{name}_rdma_gbps"] = bytes_per_s_to_gbps(float(np.mean(rdma_pairs * nbytes / t)))
-        out[f"{name}_nvl_gbps"] = bytes_per_s_to_gbps(float(np.mean(received * nbytes / t)))
+        for key, count in (("rdma", rdma_pairs), ("nvl", received)):
+            rate = float(np.mean(count[busy] * nbytes / t[busy])) if busy.any() else 0.0
+            out[f"{name}_{key}_gbps"] = bytes_per_s_to_gbps(rate)
     out["nodes_per_token"] = float(rdma_pairs.sum() / (cluster.num_gpus * d.tokens_per_gpu))
     out["gpus_per_token"] = float(r.gpu_tokens.sum() / (cluster.num_gpus * d.tokens_per_gpu))
     out["inter_node_bytes"] = clocks.inter_node_bytes
