@@ -181,13 +181,18 @@ def test_bad_dispatch_scenarios_are_one_line_errors(moesim, sets, words):
     assert words in proc.stderr
 
 
-def test_a_dispatch_scenario_stands_alone(tmp_path):
+@pytest.mark.parametrize("key, value, words", [
+    ("benchmark", {"collective": "all_reduce", "sizes": [1024]}, "benchmark: a dispatch"),
+    ("training", {"dispatcher": "deepep"}, "training: not used by a dispatch benchmark"),
+])
+def test_a_dispatch_scenario_stands_alone(tmp_path, key, value, words):
     data = yaml.safe_load(DEEPEP.read_text())
-    data["benchmark"] = {"collective": "all_reduce", "sizes": [1024]}
+    data[key] = value
     path = tmp_path / "x.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(UserError, match="dispatch benchmark"):
+    with pytest.raises(UserError, match=words) as e:
         load_scenario(path)
+    assert "\n" not in str(e.value)
 
 
 # -- the dispatcher of a training step ---------------------------------------------------

@@ -178,6 +178,11 @@ class Scenario(StrictModel):
             if other is not None:
                 raise ValueError(f"{other}: a dispatch benchmark (dispatch:) stands alone; "
                                  "remove benchmark, model, moe, serving and placement")
+            unused = next((k for k in ("parallel", "training", "gating")
+                           if getattr(self, k) != type(self).model_fields[k].default), None)
+            if unused is not None:
+                raise ValueError(f"{unused}: not used by a dispatch benchmark (its dispatch: "
+                                 "section says everything it runs); remove it")
             return self
         if self.benchmark is not None and self.serving is not None:
             raise ValueError("serving: a scenario is either a benchmark or a serving run, not both")
