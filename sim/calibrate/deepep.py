@@ -15,7 +15,6 @@ bounds; the links and the rest of the profile stay as they are.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sim.errors import UserError
+from sim.inputs import csv_table
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = REPO / "data" / "calibration" / "deepep-h800-normal.csv"
@@ -50,32 +50,18 @@ class Row:
 
 def read_table(path: str | Path = TABLE) -> list[Row]:
     """The rows of a DeepEP table (``#`` lines are comments); one-line UserErrors."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    lines = [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
-    if not lines:
-        raise UserError(f"{path}: no table (expected a header {','.join(COLUMNS)})")
-    reader = csv.DictReader(lines)
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-        raise UserError(f"{path}: header must be {','.join(COLUMNS)} "
-                        f"(got {','.join(reader.fieldnames or ())})")
     rows = []
-    for n, r in enumerate(reader, start=2):
+    for lineno, r in csv_table(path, COLUMNS, "a DeepEP table"):
+        at = f"{path}: line {lineno}"
         try:
             row = Row(r["kernel"], int(r["ranks"]), int(r["nodes"]), r["link"],
                       float(r["dispatch_GBps"]), float(r["combine_GBps"]))
         except (TypeError, ValueError):
-            raise UserError(f"{path}: data row {n - 1}: ranks and nodes must be integers, "
-                            "the bandwidths numbers") from None
+            raise UserError(f"{at}: ranks and nodes must be integers, the bandwidths "
+                            "numbers") from None
         if row.link not in ("nvlink", "rdma") or min(row.dispatch_GBps, row.combine_GBps) <= 0:
-            raise UserError(f"{path}: data row {n - 1}: link must be nvlink or rdma and the "
-                            "bandwidths positive")
+            raise UserError(f"{at}: link must be nvlink or rdma and the bandwidths positive")
         rows.append(row)
-    if not rows:
-        raise UserError(f"{path}: no data rows")
     return rows
 
 

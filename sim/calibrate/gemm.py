@@ -26,8 +26,6 @@ m=64, n=7168, k=2048 then being the outlier), 13 % with C in the stream only, ag
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import statistics
 import sys
@@ -41,7 +39,7 @@ import yaml
 from sim.compute import kernels, roofline
 from sim.compute.profile import ComputeProfile
 from sim.errors import UserError
-from sim.inputs import read_text
+from sim.inputs import csv_table, read_text
 from sim.rng import stream
 from sim.topology.catalog import GpuSpec, get_gpu
 
@@ -88,20 +86,9 @@ class GemmRow:
 def read_gemm_csv(path: str | Path) -> list[GemmRow]:
     """The rows of a GEMM measurement CSV (module docstring); mistakes are one-line
     UserErrors naming the file (and the line)."""
-    where = str(path)
-    text = read_text(path)
-    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1)
-             if line.strip() and not line.startswith("#")]
-    if not lines:
-        raise UserError(f"{where}: no header and no data rows (columns {', '.join(COLUMNS)})")
-    reader = csv.DictReader(io.StringIO("\n".join(line for _, line in lines)))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-    if missing:
-        raise UserError(f"{where}: line {lines[0][0]}: {missing[0]}: missing column; a GEMM "
-                        f"measurement CSV has {', '.join(COLUMNS)}")
     out = []
-    for (lineno, _), row in zip(lines[1:], reader, strict=True):
-        at = f"{where}: line {lineno}"
+    for lineno, row in csv_table(path, COLUMNS, "a GEMM measurement CSV"):
+        at = f"{path}: line {lineno}"
         if row["kind"] not in KINDS:
             raise UserError(f"{at}: kind: must be one of {', '.join(KINDS)} "
                             f"(got {row['kind']!r})")
@@ -115,8 +102,6 @@ def read_gemm_csv(path: str | Path) -> list[GemmRow]:
         if r.kind == "dense" and r.groups != 1:
             raise UserError(f"{at}: groups: a dense GEMM has 1 (got {r.groups})")
         out.append(r)
-    if not out:
-        raise UserError(f"{where}: no data rows")
     return out
 
 

@@ -192,15 +192,10 @@ def attention_core_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: G
                           dtype_bytes: int = 2):
     """Seconds of the fused attention core (QK^T, softmax, PV) over ``tokens`` query tokens of
     ``heads`` heads of width hidden/heads (FLOP and bytes as the roofline's; BF16)."""
-    kv_heads = heads if kv_heads is None else kv_heads
-    query_len = seq_len if query_len is None else query_len
-    if not (0 < query_len <= seq_len) or hidden % heads or heads % kv_heads:
-        raise ValueError("attention: need 0 < query_len <= seq_len, heads | hidden, kv | heads")
     t = np.asarray(tokens, dtype=float)
-    d_kv = hidden // heads * kv_heads
-    keys = seq_len - (query_len - 1) / 2.0 if causal else float(seq_len)
-    flops = 4.0 * t * keys * hidden
-    core_bytes = (2.0 * t * hidden + 2.0 * t / query_len * seq_len * d_kv) * dtype_bytes
+    flops, core_bytes, _ = roofline.attention_core_work(
+        t, seq_len, hidden, heads, kv_heads=kv_heads, query_len=query_len, causal=causal,
+        dtype_bytes=dtype_bytes)
     hbm = spec.hbm_bandwidth_Bps * compute.hbm_efficiency
     core = np.maximum(flops / (spec.peak_bf16_flops * compute.attention_efficiency),
                       core_bytes / hbm)

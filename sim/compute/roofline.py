@@ -86,6 +86,23 @@ def expert_ffn_time_s(
     return _out(np.asarray(up) * (2 if gated else 1) + np.asarray(down))
 
 
+def attention_core_work(tokens, seq_len: int, hidden: int, heads: int, *,
+                        kv_heads: int | None = None, query_len: int | None = None,
+                        causal: bool = True, dtype_bytes: int = 2):
+    """(FLOP, HBM bytes, d_kv) of the fused attention core (QK^T, softmax, PV) over ``tokens``
+    query tokens (see :func:`attention_time_s`); ValueError for inconsistent head counts."""
+    kv_heads = heads if kv_heads is None else kv_heads
+    query_len = seq_len if query_len is None else query_len
+    if not (0 < query_len <= seq_len) or hidden % heads or heads % kv_heads:
+        raise ValueError("attention: need 0 < query_len <= seq_len, heads | hidden, kv | heads")
+    t = np.asarray(tokens, dtype=np.float64)
+    d_kv = hidden // heads * kv_heads
+    keys = seq_len - (query_len - 1) / 2.0 if causal else float(seq_len)
+    flops = 4.0 * t * keys * hidden
+    nbytes = (2.0 * t * hidden + 2.0 * t / query_len * seq_len * d_kv) * dtype_bytes
+    return flops, nbytes, d_kv
+
+
 def attention_time_s(
     tokens,
     seq_len: int,
@@ -111,18 +128,12 @@ def attention_time_s(
     ``query_len`` is the new tokens per sequence: None = seq_len (training, prefill); 1 = decode,
     where each of ``tokens`` sequences reads its whole KV cache of ``seq_len`` tokens.
     """
-    kv_heads = heads if kv_heads is None else kv_heads
-    query_len = seq_len if query_len is None else query_len
-    if not (0 < query_len <= seq_len) or hidden % heads or heads % kv_heads:
-        raise ValueError("attention: need 0 < query_len <= seq_len, heads | hidden, kv | heads")
     t = np.asarray(tokens, dtype=np.float64)
-    d_kv = hidden // heads * kv_heads
+    core_flops, core_bytes, d_kv = attention_core_work(
+        t, seq_len, hidden, heads, kv_heads=kv_heads, query_len=query_len, causal=causal,
+        dtype_bytes=dtype_bytes)
     qkv = gemm_time_s(t, hidden + 2 * d_kv, hidden, spec, dtype_bytes, efficiency)
     out = gemm_time_s(t, hidden, hidden, spec, dtype_bytes, efficiency)
-    keys = seq_len - (query_len - 1) / 2.0 if causal else float(seq_len)
-    core_flops = 4.0 * t * keys * hidden
-    sequences = t / query_len
-    core_bytes = (2.0 * t * hidden + 2.0 * sequences * seq_len * d_kv) * dtype_bytes
     core = np.asarray(roofline_time_s(core_flops, core_bytes, spec, efficiency))
     total = np.asarray(qkv) + np.asarray(out) + np.where(t > 0, core, 0.0)
     return _out(total)

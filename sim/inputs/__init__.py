@@ -3,7 +3,8 @@ file by name, and one vocabulary for what is wrong.
 
 Every reader raises :class:`sim.errors.UserError` with one line that starts with the file:
 ``<file>: <where>: <what is wrong; what is allowed> (got <value>)``. Scenarios, topologies,
-sweeps, placement and admission JSON, routing traces and request files all come through here.
+sweeps, placement and admission JSON, routing traces, request files, profiles and measurement
+tables all come through here.
 Imports nothing of the engine.
 """
 
@@ -11,6 +12,7 @@ from sim.inputs.find import available, find_file, repo_dir
 from sim.inputs.messages import FieldProblem, dotted, got, validation_message
 from sim.inputs.read import (
     check_fields,
+    csv_table,
     json_lines,
     json_object,
     parse_json,
@@ -24,6 +26,7 @@ __all__ = [
     "FieldProblem",
     "available",
     "check_fields",
+    "csv_table",
     "dotted",
     "find_file",
     "got",

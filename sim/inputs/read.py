@@ -1,4 +1,5 @@
-"""Strict readers: text, YAML, JSON and JSON lines, each failing with one line naming the file.
+"""Strict readers: text, YAML, JSON, JSON lines and commented CSV tables, each failing with one
+line naming the file.
 
 Strict means: a key given twice in one mapping is refused (YAML and JSON parsers keep the last
 one silently), JSON's non-standard ``NaN`` and ``Infinity`` are refused, and malformed input
@@ -8,6 +9,7 @@ names the line (and column) where the parser stopped:
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -143,3 +145,22 @@ def check_fields(data: dict, names: Sequence[str], optional: Iterable[str], wher
     for key in names:
         if key not in data and key not in skip:
             raise UserError(f"{where}: {key}: required field is missing")
+
+
+def csv_table(path: str | Path, columns: Sequence[str], what: str) -> list[tuple[int, dict]]:
+    """The data rows of a CSV table whose ``#`` lines are comments, as ``(line number, row)``
+    pairs (row: column -> text). The header must have every one of ``columns`` (``what`` names
+    such a file in messages); no header, a missing column or no data row is one line."""
+    lines = [(n, line) for n, line in enumerate(read_text(path).splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise UserError(f"{path}: no table (expected a header {','.join(columns)})")
+    reader = csv.DictReader(line for _, line in lines)
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
+    if missing:
+        raise UserError(f"{path}: line {lines[0][0]}: {missing[0]}: missing column (the "
+                        f"header must be {','.join(columns)}, as in {what})")
+    rows = [(n, row) for (n, _), row in zip(lines[1:], reader, strict=True)]
+    if not rows:
+        raise UserError(f"{path}: no data rows")
+    return rows

@@ -86,15 +86,19 @@ class GpuClocks:
         self.spans(cat, phase, layer, start, self.ready)
         return float((self.ready - start).max())
 
+    @property
+    def _deepep(self):
+        """The profile's DeepEP costs (None: ideal, or no deepep section)."""
+        return None if self.model is None else self.model.profile.deepep
+
     def _deepep_cost(self) -> tuple[float, None]:
         """(fixed delay s, no per-flow caps) of a DeepEP kernel under the model."""
-        cost = None if self.model is None else self.model.profile.deepep
-        return (0.0 if cost is None else cost.launch_us * 1e-6), None
+        return (0.0 if self._deepep is None else self._deepep.launch_us * 1e-6), None
 
     def _deepep_floor(self, loads, start) -> np.ndarray:
         """When each GPU's DeepEP kernel is done at the earliest: start + fixed cost + the
         larger of its stages' bytes over their rates (``start`` without a DeepEP profile)."""
-        cost = None if self.model is None else self.model.profile.deepep
+        cost = self._deepep
         if cost is None:
             return start
         forwarded, received = loads
