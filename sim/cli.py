@@ -158,11 +158,14 @@ def sweep(file: Path, out: Path | None, workers: int | None, scheduler: str | No
               help="Seed of the global search.")
 @click.option("--maxiter", type=click.IntRange(min=1), default=120, show_default=True,
               help="Generations of the global search (more: slower, closer).")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fits from seeds SEED, SEED+1, ...; the one of least RMS log error is kept "
+                   "(the objective has several minima).")
 @click.option("--fit", "only", metavar="NAME,...", default=None,
               help="Fit only these parameters, e.g. launch_us,link_efficiency.nvlink "
                    "(default: every one the logs can tell apart).")
 def calibrate(logs: tuple[Path, ...], topology: str, sets: tuple[str, ...], out: Path,
-              name: str | None, start: str | None, seed: int, maxiter: int,
+              name: str | None, start: str | None, seed: int, maxiter: int, restarts: int,
               only: str | None) -> None:
     """Fit a communication profile to nccl-tests output (LOGS: logs as nccl-tests prints them,
     or measurement CSVs): print a before/after table and write the profile."""
@@ -173,9 +176,12 @@ def calibrate(logs: tuple[Path, ...], topology: str, sets: tuple[str, ...], out:
     overrides = _topology_sets(sets)
     _check_answer_path(out)
     names = None if only is None else [n.strip() for n in only.split(",") if n.strip()]
-    result = run_calibrate(logs, topology, overrides, start, seed, maxiter, only=names)
+    result = run_calibrate(logs, topology, overrides, start, seed, maxiter, only=names,
+                           restarts=restarts)
     click.echo(table(result.rows))
-    text = profile_yaml(result.fit.profile, logs, topology, result.fit, name or out.stem)
+    flags = "".join(f" --{k} {v}" for k, v, default in (
+        ("seed", seed, 0), ("maxiter", maxiter, 120), ("restarts", restarts, 1)) if v != default)
+    text = profile_yaml(result.fit.profile, logs, topology, result.fit, name or out.stem, flags)
     rundir.write_file(out, text)
     click.echo(f"wrote {out}", err=True)
 

@@ -125,6 +125,93 @@ def test_the_simulated_collective_equals_the_model_prediction_on_an_idle_cluster
         assert res.time_s == pytest.approx(model.predict(collective, a, p, size), rel=1e-3)
 
 
+def test_point_to_point_channels_are_halved_as_nccl_halves_them_for_many_peers():
+    """NCCL (ncclTopoComputeP2pChannels, more than one server): the channels per network peer
+    are halved while they times ceil(ranks / 8) exceed the point-to-point channels, so 80 ranks
+    get half the per-peer rate of 40 or 10 (the cluster's sendrecv logs: 15 vs 25 GB/s)."""
+    prof = load_profile("h100-nccl")
+    p2p = prof.p2p
+    rate = {}
+    for nodes, gpus in ((10, 8), (10, 4), (10, 1)):
+        cluster = load_topology("h100-leaf-spine", {"nodes": nodes, "gpus_per_node": gpus,
+                                                    "nics_per_node": gpus})
+        model = Model(cluster, prof)
+        ranks = nodes * gpus
+        rounds = -(-ranks // 8)
+        want = p2p.net_channels
+        while want > 1 and want * rounds > p2p.channels:
+            want //= 2
+        assert model.net_peer_channels() == want
+        cap = model.p2p_cap_Bps(np.array([2.0**30]), np.array([True]))[0]
+        assert cap == pytest.approx(want * p2p.net_channel_gbps * 1e9 / 8)
+        res, _ = _busbw(cluster, prof, "sendrecv", 2**30)
+        rate[gpus] = 2**30 / res.time_s
+    assert rate[4] == pytest.approx(2 * rate[8], rel=0.02)
+    assert rate[1] == pytest.approx(rate[4], rel=0.02)
+
+
+def test_nvls_competes_with_the_ring_whatever_protocol_the_thresholds_pick():
+    """The thresholds pick a ring's protocol; NVLS (Simple only) still competes by time at
+    sizes where the ring would run LL128, as NCCL's tuner weighs every pair it supports."""
+    cluster, prof = load_topology("dgx-h100"), load_profile("h100-nccl")
+    slow_nvls = prof.model_copy(update={"protocol_max_bytes": {"LL": 4096, "LL128": 2**34}})
+    model = Model(cluster, slow_nvls)
+    size = 2**28
+    assert model.protocol_for(size) == "LL128"
+    ring = model.predict("all_reduce", "ring", "LL128", size)
+    nvls = model.predict("all_reduce", "nvls", "Simple", size)
+    assert nvls < ring  # NVLink SHARP moves each byte once each way, the ring twice
+    assert model.choose("all_reduce", size) == ("nvls", "Simple")
+    assert model.best_time("all_reduce", [size])[0] == pytest.approx(min(ring, nvls))
+    # pinned, the protocol is obeyed
+    assert model.choose("all_reduce", size, protocol="LL128") == ("ring", "LL128")
+
+
+def test_a_ring_across_servers_pays_the_network_overhead_on_every_step():
+    """NCCL's tuner: on a ring that spans servers no step is shorter than the protocol's
+    network overhead, the steps inside a server included; on one server it does not apply."""
+    from sim.comm.profile import CommProfile
+
+    prof = CommProfile.model_validate({
+        "launch_us": 10.0, "protocols": {"Simple": {"step_us": 2.0, "net_step_us": 9.0,
+                                                    "net_overhead_us": 5.0}}})
+    for nodes, gpus, step in ((10, 8, 5.0), (10, 1, 5.0), (1, 8, 2.0)):
+        cluster = load_topology("h100-leaf-spine", {"nodes": nodes, "gpus_per_node": gpus,
+                                                    "nics_per_node": gpus})
+        model = Model(cluster, prof)
+        p, n = nodes * gpus, nodes
+        for collective, steps, cross in (("all_reduce", 2 * (p - 1), 2 * (n - 1)),
+                                         ("all_gather", p - 1, n - 1)):
+            want = (10.0 + (steps - cross) * step + cross * 9.0) * 1e-6
+            assert model.fixed_cost_s(collective, "ring", "Simple") == pytest.approx(want)
+            assert model.group_delay_s(collective, "Simple", p, n) == pytest.approx(want)
+
+
+def test_an_alltoall_pays_one_step_per_round_of_eight_peers():
+    """The library serves an alltoall's P - 1 peers 8 at a time: ceil((P - 1) / 8) network
+    steps across servers (80 ranks: 10), one for sendrecv."""
+    from sim.comm.profile import CommProfile, P2PCost
+
+    prof = CommProfile.model_validate({
+        "launch_us": 10.0, "protocols": {"Simple": {"step_us": 2.0, "net_step_us": 9.0}}})
+    for nodes, rounds in ((10, 10), (2, 2), (1, 1)):
+        model = Model(load_topology("h100-leaf-spine", {"nodes": nodes}), prof)
+        step = 9.0 if nodes > 1 else 2.0
+        assert model.fixed_cost_s("all_to_all", "direct", "Simple") == \
+            pytest.approx((10.0 + rounds * step) * 1e-6)
+        assert model.fixed_cost_s("sendrecv", "direct", "Simple") == \
+            pytest.approx((10.0 + step) * 1e-6)
+    # a profile with its own round latency across servers uses it for every round
+    with_rounds = prof.model_copy(update={"p2p": P2PCost(
+        channel_gbps=100.0, bytes_per_channel=2**20, max_channels=8, net_channels=4,
+        net_channel_gbps=60.0, round_us=30.0)})
+    model = Model(load_topology("h100-leaf-spine", {"nodes": 10}), with_rounds)
+    assert model.fixed_cost_s("all_to_all", "direct", "Simple") == \
+        pytest.approx((10.0 + 10 * 30.0) * 1e-6)
+    assert model.group_delay_s("all_to_all", "Simple", 17, 3) == \
+        pytest.approx((10.0 + 2 * 30.0) * 1e-6)
+
+
 def test_ideal_is_the_fluid_model(tmp_path):
     cluster = load_topology("dgx-h100")
     plain = run_collective(cluster, "all_gather", None, 2**26)
@@ -166,6 +253,24 @@ def test_calibrate_gives_back_the_profile_that_made_the_log(tmp_path, moesim):
     assert fitted.link_efficiency["nvlink"] == pytest.approx(0.7, rel=0.01)
     assert fitted.protocols["Simple"].step_us == pytest.approx(3.0, rel=0.05)
     assert "# calibrated: median |error| 0.0%" in proc.stdout
+
+
+def test_restarts_keep_the_fit_of_least_error(tmp_path):
+    """--restarts N fits from seeds seed .. seed+N-1 and keeps the least RMS log error."""
+    from sim.calibrate.run import calibrate
+
+    cluster = load_topology("dgx-h100")
+    prof = load_profile("h100-nccl")
+    rows = [Measurement("all_gather", int(size), _busbw(cluster, prof, "all_gather",
+                                                        float(size))[0].time_s, 8, 1, "sim")
+            for size in 2.0 ** np.arange(10, 32, 3)]
+    log = tmp_path / "sim.log"
+    log.write_text(format_log(rows))
+    kw = {"maxiter": 3, "only": ["launch_us", "link_efficiency.nvlink",
+                                 "protocols.Simple.step_us"]}
+    one = [calibrate([log], "dgx-h100", seed=s, **kw).fit.rms for s in (5, 6, 7)]
+    best = calibrate([log], "dgx-h100", seed=5, restarts=3, **kw).fit.rms
+    assert best == min(one)
 
 
 @pytest.mark.parametrize("case", ["not_nccl", "no_rows", "ranks", "bad_profile",

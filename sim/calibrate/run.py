@@ -64,10 +64,12 @@ def clusters_for(measurements: Sequence[Measurement], topology: str, overrides: 
 
 def calibrate(logs: Sequence[str | Path], topology: str, overrides: dict | None = None,
               start: str | None = None, seed: int = 0, maxiter: int = 120,
-              popsize: int = 12, only: Sequence[str] | None = None) -> Calibration:
+              popsize: int = 12, only: Sequence[str] | None = None,
+              restarts: int = 1) -> Calibration:
     """Read ``logs``, fit a profile (from ``start``'s values, default :data:`START`); ``only``
     names the parameters to fit (default: every one the logs can tell apart that the starting
-    profile has: a start without ``nvls:`` fits no NVLS)."""
+    profile has: a start without ``nvls:`` fits no NVLS). With ``restarts`` > 1 the fit runs
+    from seeds ``seed``, ``seed + 1``, ... and the one of least RMS log error is kept."""
     measurements = [m for log in logs for m in read_measurements(log)]
     cluster_of = clusters_for(measurements, topology, dict(overrides or {}))
     gs = groups(measurements, cluster_of)
@@ -83,7 +85,8 @@ def calibrate(logs: Sequence[str | Path], topology: str, overrides: dict | None 
                 raise UserError(f"--fit {name}: the starting profile has no such value to "
                                 "start from")
         params = [p for p in PARAMETERS if p.name in only]
-    result = fit(gs, base, seed=seed, maxiter=maxiter, popsize=popsize, params=params)
+    result = min((fit(gs, base, seed=seed + k, maxiter=maxiter, popsize=popsize, params=params)
+                  for k in range(restarts)), key=lambda f: f.rms)
     before = predictions(IDEAL, gs)
     after = predictions(result.profile, gs)
     rows = []
@@ -119,11 +122,12 @@ def table(rows: Sequence[dict]) -> str:
 
 
 def profile_yaml(profile: CommProfile, logs: Sequence[str | Path], topology: str,
-                 result: Fit, name: str) -> str:
-    """The fitted profile as YAML, with how it was made in its comments."""
+                 result: Fit, name: str, flags: str = "") -> str:
+    """The fitted profile as YAML, with how it was made (the command, ``flags`` its options
+    beyond the topology) in its comments."""
     data = profile.model_dump(mode="json", exclude_none=True)
     data["name"] = name
-    data["source"] = (f"moesim calibrate {' '.join(map(str, logs))} --topology {topology}: "
+    data["source"] = (f"moesim calibrate {' '.join(map(str, logs))} --topology {topology}{flags}: "
                       f"{len(result.params)} parameters fitted, RMS log error "
                       f"{result.rms_start:.3f} -> {result.rms:.3f}")
     fitted = ", ".join(p.name for p in result.params)

@@ -7,7 +7,9 @@ For a collective of ``size`` bytes (nccl-tests' size) on P ranks over N servers,
 * fixed costs (:meth:`Model.fixed_cost_s`): the launch, plus per pipeline step its protocol's
   latency (``step_us`` inside a server, ``net_step_us`` for steps that cross servers; a ring
   all_reduce takes 2(P-1) steps of which 2(N-1) cross, all_gather and reduce_scatter P-1 of
-  which N-1), NVLS's own latency, or one step for direct (alltoall, sendrecv) transfers;
+  which N-1; on a ring that spans servers no step is shorter than the protocol's
+  ``net_overhead_us``), NVLS's own latency, or for direct transfers one step per round of 8
+  peers (an alltoall on P ranks: ceil((P-1)/8) rounds; sendrecv: one);
 * wire bytes: payload / the protocol's efficiency (NVLS: the payload at its own efficiency);
 * per-flow rate caps: a ring's channels (``channels``, fewer for small messages by
   ``channel_bytes``) x the protocol's ``channel_gbps``; a point-to-point transfer's channels.
@@ -37,6 +39,9 @@ from sim.units import gbps_to_bytes_per_s
 #: collective -> its algorithms, the fluid model's default first (the scenario schema's list).
 ALGORITHMS = COLLECTIVES
 RINGS = ("all_reduce", "all_gather", "reduce_scatter")
+#: Point-to-point peers one round of the library's kernel serves (NCCL's
+#: NCCL_MAX_DEV_WORK_P2P_PER_BATCH).
+P2P_PEERS_PER_ROUND = 8
 
 
 @dataclass(frozen=True)
@@ -151,21 +156,48 @@ class Model:
                      crosses: bool | None = None) -> float:
         """Launch + protocol step latencies (+ NVLS latency), seconds."""
         prof, c = self.profile, self.cluster
-        proto = prof.protocols.get(protocol)
-        step = proto.step_us if proto else 0.0
-        net = proto.net_step_us if proto else 0.0
-        us = prof.launch_us
         if collective in RINGS and algorithm == "ring":
-            steps, cross = ring_steps(collective, c.num_gpus, c.num_nodes)
-            us += (steps - cross) * step + cross * net
-        elif algorithm == "nvls":
-            us += prof.nvls.latency_us
-        elif algorithm == "tree":  # a chain inside each server and log2(N) levels, up and down
-            g = c.num_gpus // c.num_nodes
-            us += 2 * ((g - 1) * step + math.ceil(math.log2(c.num_nodes)) * net)
-        else:
-            us += net if (c.num_nodes > 1 if crosses is None else crosses) else step
-        return us * 1e-6
+            return self._ring_s(collective, protocol, c.num_gpus, c.num_nodes)
+        if algorithm in ("nvls", "tree"):
+            us = prof.launch_us
+            if algorithm == "nvls":
+                us += prof.nvls.latency_us
+            else:  # a chain inside each server and log2(N) levels, up and down
+                step, net, _ = self._latencies(protocol)
+                us += 2 * ((c.num_gpus // c.num_nodes - 1) * step
+                           + math.ceil(math.log2(c.num_nodes)) * net)
+            return us * 1e-6
+        return self._direct_s(collective, protocol, c.num_gpus,
+                              c.num_nodes > 1 if crosses is None else crosses)
+
+    def _latencies(self, protocol: str) -> tuple[float, float, float]:
+        """(step, net step, net overhead) of ``protocol``, microseconds (0 if not profiled)."""
+        proto = self.profile.protocols.get(protocol)
+        return (proto.step_us, proto.net_step_us, proto.net_overhead_us) if proto \
+            else (0.0, 0.0, 0.0)
+
+    def _ring_s(self, collective: str, protocol: str, ranks: int, nodes: int) -> float:
+        """Launch + the steps of a ring over ``ranks`` GPUs on ``nodes`` servers: the steps
+        that cross servers at the network step latency, the others at the protocol's step
+        latency, or its network overhead when the ring spans servers and that is longer (as
+        NCCL's tuner charges inter-node rings), seconds."""
+        step, net, overhead = self._latencies(protocol)
+        steps, cross = ring_steps(collective, ranks, nodes)
+        if nodes > 1:
+            step = max(step, overhead)
+        return (self.profile.launch_us + (steps - cross) * step + cross * net) * 1e-6
+
+    def _direct_s(self, collective: str, protocol: str, ranks: int, crosses: bool) -> float:
+        """Launch + one step latency per round of point-to-point peers (an alltoall serves
+        its ranks - 1 peers :data:`P2P_PEERS_PER_ROUND` at a time; sendrecv one): across
+        servers the profile's ``p2p.round_us`` (else the network step), seconds."""
+        step, net, _ = self._latencies(protocol)
+        p2p = self.profile.p2p
+        if p2p is not None and p2p.round_us is not None:
+            net = p2p.round_us
+        rounds = math.ceil((ranks - 1) / P2P_PEERS_PER_ROUND) if collective == "all_to_all" \
+            else 1
+        return (self.profile.launch_us + max(rounds, 1) * (net if crosses else step)) * 1e-6
 
     def inflate(self, collective: str, algorithm: str, protocol: str) -> float:
         """Wire bytes per payload byte."""
@@ -187,27 +219,44 @@ class Model:
         return n if np.ndim(size) else int(n)
 
     def ring_cap_Bps(self, protocol: str, size, rings: int):
-        """Per-flow cap of a ring's flows: its channels x the protocol's rate per channel (on one
-        server a share of ``channels``; across servers ``net_channels`` per ring)."""
+        """Per-flow cap of a ring's flows: its channels x the protocol's rate per channel. A
+        collective's channels are shared by its rings (one per rail): inside one server
+        ``channels``, across servers ``net_channels`` (NCCL runs a fixed number of channels
+        whatever the NICs, so with fewer rails each ring has more); small messages fill fewer
+        (``channel_bytes``)."""
         prof = self.profile
         rate = prof.protocols[protocol].channel_gbps
         if rate is None:
             return np.inf
         if self.cluster.num_nodes > 1 and prof.net_channels is not None:
-            need = np.asarray(size, float) / (prof.channel_bytes or 1.0) / rings
-            n = np.clip(np.ceil(need), 1, prof.net_channels) if prof.channel_bytes \
-                else prof.net_channels
-            return n * gbps_to_bytes_per_s(rate)
+            per_ring = max(prof.net_channels / rings, 1.0)
+            if prof.channel_bytes:
+                need = np.asarray(size, float) / prof.channel_bytes / rings
+                per_ring = np.clip(np.ceil(need), 1, per_ring)
+            return per_ring * gbps_to_bytes_per_s(rate)
         return self.channels(size) * gbps_to_bytes_per_s(rate) / rings
 
-    def p2p_cap_Bps(self, nbytes, crosses):
-        """Per-flow caps of point-to-point transfers of ``nbytes`` (bytes/s; inf without p2p)."""
+    def net_peer_channels(self, ranks: int | None = None) -> int:
+        """Channels per peer across the network on a communicator of ``ranks`` GPUs (the
+        cluster's by default): the profile's ``net_channels``, halved while they times the
+        rounds of :data:`P2P_PEERS_PER_ROUND` peers exceed the library's point-to-point
+        channels (NCCL's ncclTopoComputeP2pChannels on more than one server)."""
+        p2p = self.profile.p2p
+        rounds = math.ceil((ranks or self.cluster.num_gpus) / P2P_PEERS_PER_ROUND)
+        n = p2p.net_channels
+        while n > 1 and n * rounds > p2p.channels:
+            n //= 2
+        return n
+
+    def p2p_cap_Bps(self, nbytes, crosses, ranks: int | None = None):
+        """Per-flow caps of point-to-point transfers of ``nbytes`` on a communicator of
+        ``ranks`` GPUs (bytes/s; inf without p2p)."""
         p2p = self.profile.p2p
         nbytes = np.asarray(nbytes, float)
         if p2p is None:
             return np.full(nbytes.shape, np.inf)
         n = np.clip(np.ceil(nbytes / p2p.bytes_per_channel), 1, p2p.max_channels)
-        net = p2p.net_channels * gbps_to_bytes_per_s(p2p.net_channel_gbps)
+        net = self.net_peer_channels(ranks) * gbps_to_bytes_per_s(p2p.net_channel_gbps)
         return np.where(crosses, net, n * gbps_to_bytes_per_s(p2p.channel_gbps))
 
     def cost(self, collective: str, algorithm: str, protocol: str, size: float,
@@ -237,15 +286,10 @@ class Model:
     def group_delay_s(self, collective: str, protocol: str, ranks: int, nodes: int) -> float:
         """Launch + step latencies of a ring (all_reduce, all_gather, reduce_scatter) over a
         group of ``ranks`` GPUs on ``nodes`` servers, or of one direct exchange (all_to_all)
-        that crosses servers when ``nodes`` > 1; seconds."""
-        prof = self.profile
-        proto = prof.protocols.get(protocol)
-        step = proto.step_us if proto else 0.0
-        net = proto.net_step_us if proto else 0.0
+        among ``ranks`` GPUs that crosses servers when ``nodes`` > 1; seconds."""
         if collective in RINGS:
-            steps, cross = ring_steps(collective, ranks, nodes)
-            return (prof.launch_us + (steps - cross) * step + cross * net) * 1e-6
-        return (prof.launch_us + (net if nodes > 1 else step)) * 1e-6
+            return self._ring_s(collective, protocol, ranks, nodes)
+        return self._direct_s(collective, protocol, ranks, nodes > 1)
 
     # -------------------------------------------------------------- prediction
     def predict(self, collective: str, algorithm: str, protocol: str, size):
@@ -277,16 +321,27 @@ class Model:
                protocol: str | None = None) -> tuple[str, str]:
         """The (algorithm, protocol) the library runs ``size`` bytes with: the least predicted
         time among the candidates (``algorithm`` / ``protocol`` pin them)."""
-        options = self.candidates(collective, algorithm, protocol or self.protocol_for(size))
-        if not options:
-            options = self.candidates(collective, algorithm, protocol)
+        options = self.candidates(collective, algorithm, protocol)
         if not options:
             raise ValueError(f"the profile {self.profile.name!r} offers no "
                              f"{algorithm or 'algorithm'}/{protocol or 'protocol'} for it on "
                              f"this cluster")
-        if len(options) == 1:
-            return options[0]
-        return min(options, key=lambda ap: self.predict(collective, *ap, size))
+        pool = self._by_threshold(options, size, protocol)
+        if len(pool) == 1:
+            return pool[0]
+        return min(pool, key=lambda ap: self.predict(collective, *ap, size))
+
+    def _by_threshold(self, options: list[tuple[str, str]], size: float,
+                      protocol: str | None) -> list[tuple[str, str]]:
+        """The candidates the profile's protocol thresholds leave for ``size``: a ring or a
+        tree runs the protocol its thresholds pick, while algorithms with one protocol of their
+        own (NVLS, direct transfers: Simple) compete by time at every size, as NCCL's tuner
+        weighs every (algorithm, protocol) pair it supports."""
+        want = protocol or self.protocol_for(size)
+        if want is None:
+            return options
+        pool = [(a, p) for a, p in options if p == want or a not in ("ring", "tree")]
+        return pool if any(p == want for _, p in pool) else options
 
     def protocol_for(self, size) -> str | None:
         """The protocol the profile's size thresholds pick (None: no thresholds)."""
@@ -306,7 +361,5 @@ class Model:
         times = {ap: self.predict(collective, *ap, sizes) for ap in options}
         out = np.empty(len(sizes))
         for i, s in enumerate(sizes):
-            want = protocol or self.protocol_for(s)
-            pool = [ap for ap in options if want in (None, ap[1])] or options
-            out[i] = min(times[ap][i] for ap in pool)
+            out[i] = min(times[ap][i] for ap in self._by_threshold(options, s, protocol))
         return out

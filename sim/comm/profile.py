@@ -9,11 +9,13 @@ costs a collective library such as NCCL adds around the flows the fabric shares:
 * ``protocols`` (``LL``, ``LL128``, ``Simple``): each with its payload ``efficiency`` (LL sends
   a 4-byte flag with every 4 bytes of data: 0.5; LL128 120 of every 128 bytes: 0.9375), its
   latency per pipeline step over NVLink/PCIe (``step_us``) and across the network
-  (``net_step_us``), and the most one channel moves (``channel_gbps``).
+  (``net_step_us``), the least a step of a ring across servers takes (``net_overhead_us``),
+  and the most one channel moves (``channel_gbps``).
 * ``channels``: the channels a collective runs on at most inside one server, and
   ``channel_bytes``: the bytes per channel before another channel joins (small messages run on
-  fewer channels); ``net_channels``: the channels of each ring across servers (one ring per
-  rail, each on its own NIC).
+  fewer channels); ``net_channels``: the channels of a collective across servers, shared by its
+  rings (one per rail, each on its own NIC): NCCL runs 16 on H100 servers with 8 NICs, two per
+  NIC, and about as many with fewer NICs, so each of fewer rails carries more channels.
 * ``tree``: all_reduce across servers as a (double binary) tree: per step latencies for a
   chain inside each server and log2(N) levels across, at ``efficiency`` x the ring's bandwidth
   (its flows are the ring's: a simplification, the tree's own link loads are not modelled).
@@ -28,8 +30,9 @@ costs a collective library such as NCCL adds around the flows the fabric shares:
   compute with; without it, the roofline.
 * ``p2p``: point-to-point (sendrecv, and the per-peer transfers of an alltoall): a peer's
   transfer uses one channel per ``bytes_per_channel`` up to ``max_channels`` of
-  ``channel_gbps`` each inside a server, and ``net_channels`` of ``net_channel_gbps`` across
-  the network.
+  ``channel_gbps`` each inside a server, and across the network ``net_channels`` of
+  ``net_channel_gbps``, halved as NCCL halves them when a communicator has many peers; an
+  alltoall serves its peers 8 at a time, ``round_us`` per round across servers.
 
 Rates are ``*_gbps`` (gigabits per second), times ``*_us`` (microseconds), as in every moe-sim
 file. The ``ideal`` profile (built in) adds nothing: moe-sim's fluid model as it was.
@@ -77,6 +80,9 @@ class ProtocolCost(StrictModel):
     """Latency of one pipeline step between GPUs of one server, microseconds."""
     net_step_us: Micros = 0.0
     """Latency of one pipeline step that crosses the network, microseconds."""
+    net_overhead_us: Micros = 0.0
+    """On a ring that spans servers, the least any step takes, the steps inside a server
+    included (the proxy's per-step network overhead; NCCL's tuner: 1-2 us, x3 for Simple)."""
     channel_gbps: Rate | None = None
     """The most one channel moves, Gbit/s (None: no limit but the links)."""
 
@@ -108,9 +114,16 @@ class P2PCost(StrictModel):
     """A transfer uses one channel per this many bytes (at least one), up to max_channels."""
     max_channels: int = Field(ge=1)
     net_channels: int = Field(ge=1)
-    """Channels per peer across the network (NCCL_NCHANNELS_PER_NET_PEER)."""
+    """Channels per peer across the network before the library halves them to serve every
+    peer in one round (NCCL: one per NIC, or the NIC's rate over 14 GB/s: 4 for 400 Gb/s)."""
+    channels: int = Field(32, ge=1)
+    """The library's point-to-point channels in all (NCCL's p2pnChannels): with ``ranks``
+    peers, ``net_channels`` is halved while net_channels x ceil(ranks / 8) exceeds it."""
     net_channel_gbps: Rate
     """One channel across the network, Gbit/s."""
+    round_us: Micros | None = None
+    """Latency of one round of up to 8 peers across servers (an alltoall on P ranks takes
+    ceil((P-1)/8) rounds), microseconds (None: the Simple protocol's network step)."""
 
 
 class DeepEPCost(StrictModel):
@@ -142,7 +155,8 @@ class CommProfile(StrictModel):
     channel_bytes: ByteCount | None = None
     """Bytes per channel before another channel joins (None: always every channel)."""
     net_channels: int | None = Field(None, ge=1)
-    """Channels of each ring across servers (None: the server's channels over its rings)."""
+    """Channels of a collective across servers, shared by its rings (None: the server's
+    channels over its rings)."""
     tree: TreeCost | None = None
     protocols: Annotated[dict[Protocol, ProtocolCost], Field(min_length=1)] = {
         "Simple": ProtocolCost()}

@@ -116,8 +116,9 @@ class GpuClocks:
             return model.group_delay_s("all_gather", proto, max(group, 2), 1), None
         crosses = bool(np.any(matrix[self.cross[:len(matrix), :len(matrix)]] > 0))
         node = self.fabric.cluster.node_of
-        return (model.group_delay_s("all_to_all", "Simple", self.p, 2 if crosses else 1),
-                lambda s, d, b: model.p2p_cap_Bps(b, node[s] != node[d]))
+        ranks = int(np.count_nonzero(matrix, axis=1).max(initial=0)) + 1  # its communicator
+        return (model.group_delay_s("all_to_all", "Simple", ranks, 2 if crosses else 1),
+                lambda s, d, b: model.p2p_cap_Bps(b, node[s] != node[d], ranks))
 
     def compute(self, cat: str, phase: str, layer: int, seconds) -> float:
         """Advance every GPU by its ``seconds`` (scalar or (P,)); returns the longest."""
