@@ -150,6 +150,30 @@ def test_point_to_point_channels_are_halved_as_nccl_halves_them_for_many_peers()
     assert rate[1] == pytest.approx(rate[4], rel=0.02)
 
 
+@pytest.mark.parametrize("log", ["calibration/h100-cluster01-nccl_N1_G8.log",
+                                 "validation/h100-cluster01-nccl_N1_G4.log"])
+def test_point_to_point_transfers_split_over_channels_as_nccl_splits_them(log):
+    """NCCL's enqueue: per-peer channels halved while they x ranks exceed the 32 point-to-point
+    channels (8 ranks: 4, 4 ranks: 8), then doubled while a part exceeds 32 chunks of 512 KiB.
+    The single-server sendrecv logs step with exactly these counts: the measured rate per
+    channel is the same at every size until the NVLink rate caps it."""
+    ms = [m for m in read_measurements(REPO / "data" / log) if m.collective == "sendrecv"
+          and m.size_bytes <= 2**28]
+    ranks = ms[0].ranks
+    cluster = load_topology("h100-leaf-spine", {"nodes": 1, "gpus_per_node": ranks,
+                                                "nics_per_node": ranks})
+    model = Model(cluster, load_profile("h100-nccl"))
+    sizes = np.array([m.size_bytes for m in ms], float)
+    channels = model.p2p_channels(sizes)
+    low = 32 // ranks
+    assert channels[0] == low and set(channels) <= {low, 2 * low, 4 * low, 8 * low}
+    for m, n in zip(ms, channels, strict=True):
+        parts = m.size_bytes / n
+        assert parts <= 32 * 2**19 and (n == low or parts > 16 * 2**19)
+    per_channel = sizes / np.array([m.time_s for m in ms]) / channels
+    assert per_channel.max() / per_channel.min() < 1.15
+
+
 def test_nvls_competes_with_the_ring_whatever_protocol_the_thresholds_pick():
     """The thresholds pick a ring's protocol; NVLS (Simple only) still competes by time at
     sizes where the ring would run LL128, as NCCL's tuner weighs every pair it supports."""
@@ -203,8 +227,7 @@ def test_an_alltoall_pays_one_step_per_round_of_eight_peers():
             pytest.approx((10.0 + step) * 1e-6)
     # a profile with its own round latency across servers uses it for every round
     with_rounds = prof.model_copy(update={"p2p": P2PCost(
-        channel_gbps=100.0, bytes_per_channel=2**20, max_channels=8, net_channels=4,
-        net_channel_gbps=60.0, round_us=30.0)})
+        channel_gbps=100.0, net_channels=4, net_channel_gbps=60.0, round_us=30.0)})
     model = Model(load_topology("h100-leaf-spine", {"nodes": 10}), with_rounds)
     assert model.fixed_cost_s("all_to_all", "direct", "Simple") == \
         pytest.approx((10.0 + 10 * 30.0) * 1e-6)

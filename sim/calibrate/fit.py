@@ -87,7 +87,6 @@ PARAMETERS: tuple[Param, ...] = (
     Param(("protocol_max_bytes", "LL"), 2.0**10, 2.0**26, log=True),
     Param(("protocol_max_bytes", "LL128"), 2.0**16, 2.0**30, log=True),
     Param(("p2p", "channel_gbps"), 20.0, 4000.0, log=True, needs="p2p"),
-    Param(("p2p", "bytes_per_channel"), 2.0**20, 2.0**32, log=True, needs="p2p"),
     Param(("p2p", "net_channel_gbps"), 5.0, 800.0, log=True, needs="net_p2p"),
     Param(("p2p", "round_us"), 0.0, 100.0, needs="net_p2p"),
 )
@@ -107,8 +106,9 @@ START = {
     },
     "nvls": {"efficiency": 0.6, "latency_us": 50.0},
     "tree": {"efficiency": 0.8},
-    "p2p": {"channel_gbps": 600.0, "bytes_per_channel": 64 << 20, "max_channels": 8,
-            "net_channels": 4, "channels": 32, "net_channel_gbps": 60.0, "round_us": 20.0},
+    "p2p": {"channel_gbps": 160.0, "chunk_bytes": 512 << 10, "net_chunk_bytes": 128 << 10,
+            "peer_channels": 32, "net_channels": 4, "channels": 32, "net_channel_gbps": 60.0,
+            "round_us": 20.0},
     "protocol_max_bytes": {"LL": 64 << 10, "LL128": 64 << 20},
 }
 
@@ -168,7 +168,7 @@ def with_values(base: dict, params: Sequence[Param], values: Sequence[float]) ->
         cur = data
         for key in p.path[:-1]:
             cur = cur.setdefault(key, {})
-        whole = p.path[-1] in ("channel_bytes", "bytes_per_channel") or p.path[0] == \
+        whole = p.path[-1] == "channel_bytes" or p.path[0] == \
             "protocol_max_bytes"
         cur[p.path[-1]] = int(round(v)) if whole else float(v)
     return CommProfile.model_validate(data)

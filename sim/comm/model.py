@@ -248,16 +248,41 @@ class Model:
             n //= 2
         return n
 
+    def p2p_channels(self, nbytes, ranks: int | None = None) -> np.ndarray:
+        """Channels each point-to-point transfer of ``nbytes`` (array) runs on, on a
+        communicator of ``ranks`` GPUs (the cluster's by default), as NCCL's enqueue splits
+        them: the per-peer channels halved while they times the ranks exceed the library's
+        point-to-point channels, fewer if the transfer has fewer minimal parts, then doubled
+        while a part is larger than its most (up to the per-peer channels)."""
+        p2p, c = self.profile.p2p, self.cluster
+        ranks = ranks or c.num_gpus
+        multi = c.num_nodes > 1
+        per_peer = self.net_peer_channels(ranks) if multi else min(p2p.peer_channels,
+                                                                    p2p.channels)
+        low = per_peer
+        while low > 1 and low * ranks > p2p.channels:
+            low //= 2
+        chunk = p2p.net_chunk_bytes if multi else p2p.chunk_bytes
+        min_part, max_part = (chunk / 2, chunk) if multi else (chunk / 8, chunk * 32)
+        nbytes = np.asarray(nbytes, float)
+        n = np.minimum(low, np.maximum(np.ceil(nbytes / min_part), 1.0))
+        while True:
+            grow = (np.maximum(min_part, nbytes / n) > max_part) & (n <= per_peer / 2)
+            if not grow.any():
+                return n
+            n = np.where(grow, 2 * n, n)
+
     def p2p_cap_Bps(self, nbytes, crosses, ranks: int | None = None):
         """Per-flow caps of point-to-point transfers of ``nbytes`` on a communicator of
-        ``ranks`` GPUs (bytes/s; inf without p2p)."""
+        ``ranks`` GPUs: their channels (:meth:`p2p_channels`) x the channel rate inside a
+        server or across the network (bytes/s; inf without p2p)."""
         p2p = self.profile.p2p
         nbytes = np.asarray(nbytes, float)
         if p2p is None:
             return np.full(nbytes.shape, np.inf)
-        n = np.clip(np.ceil(nbytes / p2p.bytes_per_channel), 1, p2p.max_channels)
-        net = self.net_peer_channels(ranks) * gbps_to_bytes_per_s(p2p.net_channel_gbps)
-        return np.where(crosses, net, n * gbps_to_bytes_per_s(p2p.channel_gbps))
+        rate = np.where(crosses, gbps_to_bytes_per_s(p2p.net_channel_gbps),
+                        gbps_to_bytes_per_s(p2p.channel_gbps))
+        return self.p2p_channels(nbytes, ranks) * rate
 
     def cost(self, collective: str, algorithm: str, protocol: str, size: float,
              src=None, dst=None, nbytes=None) -> Cost:

@@ -29,10 +29,11 @@ costs a collective library such as NCCL adds around the flows the fabric shares:
   GEMM and attention model (``sim.compute.profile.ComputeProfile``) the training step times its
   compute with; without it, the roofline.
 * ``p2p``: point-to-point (sendrecv, and the per-peer transfers of an alltoall): a peer's
-  transfer uses one channel per ``bytes_per_channel`` up to ``max_channels`` of
-  ``channel_gbps`` each inside a server, and across the network ``net_channels`` of
-  ``net_channel_gbps``, halved as NCCL halves them when a communicator has many peers; an
-  alltoall serves its peers 8 at a time, ``round_us`` per round across servers.
+  transfer is split over channels as NCCL splits it (more ranks, fewer channels per transfer
+  to begin with; larger transfers, more), ``channel_gbps`` each inside a server and
+  ``net_channel_gbps`` across the network, at most ``net_channels`` per peer when the
+  communicator spans servers, halved as NCCL halves them when it has many peers; an alltoall
+  serves its peers 8 at a time, ``round_us`` per round across servers.
 
 Rates are ``*_gbps`` (gigabits per second), times ``*_us`` (microseconds), as in every moe-sim
 file. The ``ideal`` profile (built in) adds nothing: moe-sim's fluid model as it was.
@@ -106,19 +107,26 @@ class TreeCost(StrictModel):
 
 
 class P2PCost(StrictModel):
-    """Point-to-point transfers (sendrecv; the per-peer transfers of an alltoall)."""
+    """Point-to-point transfers (sendrecv; the per-peer transfers of an alltoall), split over
+    channels as NCCL splits them (:meth:`sim.comm.model.Model.p2p_channels`)."""
 
     channel_gbps: Rate
     """One channel between GPUs of one server, Gbit/s."""
-    bytes_per_channel: ByteCount
-    """A transfer uses one channel per this many bytes (at least one), up to max_channels."""
-    max_channels: int = Field(ge=1)
+    chunk_bytes: ByteCount = 512 * 1024
+    """The chunk of a transfer inside a server (NCCL_P2P_NVL_CHUNKSIZE): a channel carries
+    parts of 1/8 to 32 chunks."""
+    net_chunk_bytes: ByteCount = 128 * 1024
+    """The chunk of a transfer on a communicator that spans servers (NCCL_P2P_NET_CHUNKSIZE): a
+    channel carries parts of 1/2 to 1 chunk."""
+    peer_channels: int = Field(32, ge=1)
+    """The most channels one peer's transfer uses on one server (NCCL: two per NVLink's worth
+    of bandwidth to the peer, at most ``channels``)."""
     net_channels: int = Field(ge=1)
-    """Channels per peer across the network before the library halves them to serve every
-    peer in one round (NCCL: one per NIC, or the NIC's rate over 14 GB/s: 4 for 400 Gb/s)."""
+    """Channels per peer on a communicator that spans servers, before the library halves them
+    to serve every peer in one round (NCCL: one per NIC, or the NIC's rate over 14 GB/s: 4 for
+    400 Gb/s); they hold for the peers inside a server too."""
     channels: int = Field(32, ge=1)
-    """The library's point-to-point channels in all (NCCL's p2pnChannels): with ``ranks``
-    peers, ``net_channels`` is halved while net_channels x ceil(ranks / 8) exceeds it."""
+    """The library's point-to-point channels in all (NCCL's p2pnChannels)."""
     net_channel_gbps: Rate
     """One channel across the network, Gbit/s."""
     round_us: Micros | None = None
