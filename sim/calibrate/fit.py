@@ -19,8 +19,9 @@ inside the bounds. The search starts (:data:`START`) where the physics of an H10
 the hard-to-separate parameters: the NIC at the share an alltoall reaches (0.92: 46 of 50 GB/s),
 a Simple channel at about 20 GB/s. Several explanations fit 8-GPU servers about equally (a ring
 held back by its channels, or by the NIC's share and LL128's headers); from there the search
-finds the one of least error, which is also the one that carries over to fewer GPUs per server
-(docs/validation.md). LL128 is a protocol for mid sizes: its threshold is at most 1 GiB.
+finds the one of least error, the channels (which also describes large rings with fewer GPUs
+per server: docs/validation.md). LL128 is a protocol for mid sizes: its threshold is at most
+1 GiB.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ costs a collective library such as NCCL adds around the flows the fabric shares:
   ``channel_bytes``: the bytes per channel before another channel joins (small messages run on
   fewer channels); ``net_channels``: the channels of a collective across servers, shared by its
   rings (one per rail, each on its own NIC): NCCL runs 16 on H100 servers with 8 NICs, two per
-  NIC, and about as many with fewer NICs, so each of fewer rails carries more channels.
+  NIC, and (this model assumes) as many with fewer NICs, so each of fewer rails carries more.
 * ``tree``: all_reduce across servers as a (double binary) tree: per step latencies for a
   chain inside each server and log2(N) levels across, at ``efficiency`` x the ring's bandwidth
   (its flows are the ring's: a simplification, the tree's own link loads are not modelled).

@@ -116,7 +116,8 @@ class GpuClocks:
             return model.group_delay_s("all_gather", proto, max(group, 2), 1), None
         crosses = bool(np.any(matrix[self.cross[:len(matrix), :len(matrix)]] > 0))
         node = self.fabric.cluster.node_of
-        ranks = int(np.count_nonzero(matrix, axis=1).max(initial=0)) + 1  # its communicator
+        # its communicator: the most peers one GPU sends to, and itself
+        ranks = int(np.count_nonzero(matrix, axis=1).max(initial=0)) + 1
         return (model.group_delay_s("all_to_all", "Simple", ranks, 2 if crosses else 1),
                 lambda s, d, b: model.p2p_cap_Bps(b, node[s] != node[d], ranks))
 
