@@ -187,8 +187,10 @@ def test_nvls_competes_with_the_ring_whatever_protocol_the_thresholds_pick():
     assert nvls < ring  # NVLink SHARP moves each byte once each way, the ring twice
     assert model.choose("all_reduce", size) == ("nvls", "Simple")
     assert model.best_time("all_reduce", [size])[0] == pytest.approx(min(ring, nvls))
-    # pinned, the protocol is obeyed
+    # pinned, the protocol is obeyed; one the algorithm cannot run is refused, naming the rest
     assert model.choose("all_reduce", size, protocol="LL128") == ("ring", "LL128")
+    with pytest.raises(ValueError, match=r"offers no direct/LL128 .*\(it offers direct/Simple"):
+        model.choose("all_to_all", size, "direct", "LL128")
 
 
 def test_a_ring_across_servers_pays_the_network_overhead_on_every_step():

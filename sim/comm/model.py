@@ -348,9 +348,10 @@ class Model:
         time among the candidates (``algorithm`` / ``protocol`` pin them)."""
         options = self.candidates(collective, algorithm, protocol)
         if not options:
+            offered = ", ".join(f"{a}/{p}" for a, p in self.candidates(collective)) or "none"
             raise ValueError(f"the profile {self.profile.name!r} offers no "
                              f"{algorithm or 'algorithm'}/{protocol or 'protocol'} for it on "
-                             f"this cluster")
+                             f"this cluster (it offers {offered})")
         pool = self._by_threshold(options, size, protocol)
         if len(pool) == 1:
             return pool[0]
