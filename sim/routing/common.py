@@ -29,8 +29,12 @@ def check_topk(k: int, num_experts: int) -> int:
 
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (T, E) logits, numerically stable."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    e = z - z.max(axis=1, keepdims=True)
+    if not np.issubdtype(e.dtype, np.floating):
+        e = e.astype(np.float64)
+    np.exp(e, out=e)  # in place: the same arithmetic, a third of the allocations
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:

@@ -68,7 +68,9 @@ def node_limited(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     grid = np.zeros((t, n_groups, sizes.max()))
     grid[:, group, slot] = probs
     per_group = max(1, k // keep)
-    group_score = -np.sort(-grid, axis=2)[:, :, :per_group].sum(axis=2)
+    # each group's per_group largest, summed largest first
+    top = np.partition(grid, grid.shape[2] - per_group, axis=2)[:, :, grid.shape[2] - per_group:]
+    group_score = -np.sort(-top, axis=2).sum(axis=2)
     best = top_k(group_score, keep)  # (T, keep)
     allowed = np.zeros((t, n_groups), dtype=bool)
     np.put_along_axis(allowed, best, True, axis=1)
