@@ -257,7 +257,10 @@ def test_tensor_parallel_step_matches_hand_computed_time(training_scenario, tp, 
     expect = (3 * attn + 4 * a2a + 3 * expert + 4 * tp_gather + 4 * unit_gather + allreduce)
     assert res.summary["step_time_s"] == pytest.approx(expect, rel=1e-9)
     assert res.summary["tp_time_s"] == pytest.approx(4 * tp_gather + 4 * unit_gather, rel=1e-9)
-    assert res.summary["tokens_per_s"] == pytest.approx(p // tp * m.seq_length / expect)
+    # the iteration: this one micro-batch's step, then the optimizer step
+    it = res.summary["iteration_time_s"]
+    assert it == pytest.approx(expect + res.summary["optimizer_time_s"], rel=1e-12)
+    assert res.summary["tokens_per_s"] == pytest.approx(p // tp * m.seq_length / it)
 
 
 def test_expert_tensor_parallel_layout():

@@ -162,8 +162,10 @@ def ring_steps(fabric: Fabric, groups: np.ndarray, chunk: float, steps: int) -> 
 
 
 def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float,
-                           pipelined: bool = False, cost=None) -> Generator:
-    """Ring AllReduce of ``nbytes`` per rank inside every row of ``groups`` (G, n) at once.
+                           pipelined: bool = False, cost=None,
+                           steps: int | None = None) -> Generator:
+    """Ring AllReduce of ``nbytes`` per rank inside every row of ``groups`` (G, n) at once;
+    with ``steps`` n - 1 instead of the default 2(n - 1), its ReduceScatter (or AllGather).
 
     ``pipelined``: as NCCL streams chunks round the ring, each rank sends its 2(n-1)/n x nbytes to
     the next rank as one flow, after the 2(n-1) - 1 extra hop latencies of the slowest ring edge
@@ -176,7 +178,7 @@ def ring_all_reduce_groups(fabric: Fabric, groups: np.ndarray, nbytes: float,
     n = groups.shape[1]
     if n < 2 or nbytes <= 0:
         return 0.0
-    steps = 2 * (n - 1)
+    steps = 2 * (n - 1) if steps is None else steps
     if not pipelined:
         return (yield from ring_steps(fabric, groups, nbytes / n, steps))
     t0 = fabric.env.now

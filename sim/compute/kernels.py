@@ -207,7 +207,7 @@ def dense_layer_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: GpuS
                        ffn_hidden: int | None = None, gated: bool = False,
                        num_experts: int | None = None, kv_heads: int | None = None,
                        causal: bool = True, dtype_bytes: int = 2,
-                       gemm_dtype: GemmDtype = "bf16") -> float:
+                       gemm_dtype: GemmDtype = "bf16", mla=None) -> float:
     """Forward seconds of one rank's share of a transformer block's non-MoE part, ``tokens``
     being its tensor-parallel group's micro-batch (training: query_len = seq_len).
 
@@ -216,8 +216,12 @@ def dense_layer_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: GpuS
     norms and the router on the sequence-parallel shard (tokens / tp); ``gemm_dtype`` applies
     to the projections and the FFN, the router GEMM and the attention core stay BF16. Without:
     the roofline's time of the whole block over tp (``sim.compute.roofline``), as before.
+    ``mla`` (``sim.training.dims.MlaDims``, compute profile only): multi-head latent attention
+    (:func:`mla_attention_time_s`) instead of MHA/GQA.
     """
     if compute is None:
+        if mla is not None:
+            raise ValueError("multi-head latent attention needs a compute profile")
         if gemm_dtype != "bf16":
             raise ValueError("fp8 GEMMs need a compute profile (the roofline times BF16)")
         return float(roofline.dense_layer_time_s(
@@ -235,9 +239,14 @@ def dense_layer_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: GpuS
     def gemm(m, n, k):
         return gemm_time_s(m, n, k, spec, compute, gemm_dtype)
 
-    total = gemm(t, -(-(hidden + 2 * d_kv) // tp), hidden) + gemm(t, hidden, hidden // tp)
-    total += attention_core_time_s(t, seq_len, hidden // tp, heads_r, spec, compute,
-                                   kv_heads=kv_r, causal=causal, dtype_bytes=dtype_bytes)
+    if mla is not None:
+        total = mla_attention_time_s(t, seq_len, hidden, heads, mla, spec, compute, tp=tp,
+                                     causal=causal, dtype_bytes=dtype_bytes,
+                                     gemm_dtype=gemm_dtype)
+    else:
+        total = gemm(t, -(-(hidden + 2 * d_kv) // tp), hidden) + gemm(t, hidden, hidden // tp)
+        total += attention_core_time_s(t, seq_len, hidden // tp, heads_r, spec, compute,
+                                       kv_heads=kv_r, causal=causal, dtype_bytes=dtype_bytes)
     shard = t / tp
     total += 2 * memory_time_s(2.0 * shard * hidden * dtype_bytes, spec, compute)  # norms
     if num_experts is not None:  # the gate stays BF16 (DeepSeek-V3's FP8 recipe keeps it high)
@@ -245,6 +254,35 @@ def dense_layer_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: GpuS
     if ffn_hidden is not None:
         f = ffn_hidden // tp
         total += gemm(t, f * (2 if gated else 1), hidden) + gemm(t, hidden, f)
+    return float(total)
+
+
+def mla_attention_time_s(tokens: float, seq_len: int, hidden: int, heads: int, mla,
+                         spec: GpuSpec, compute: ComputeProfile, *, tp: int = 1,
+                         causal: bool = True, dtype_bytes: int = 2,
+                         gemm_dtype: GemmDtype = "bf16") -> float:
+    """Forward seconds of one rank's multi-head latent attention (DeepSeek-V2 Sec. 2.1): query
+    down- and up-projection (or one projection without ``q_lora_rank``), the joint KV
+    down-projection (+ the shared rotary key), its up-projection to every head's key and value,
+    the core over heads / tp heads (QK^T at qk + rope width, PV at v width) and the output
+    projection; the down-projections are replicated over TP, the rest split as Megatron's."""
+    t, heads_r = float(tokens), heads // tp
+    qk = mla.qk_head_dim + mla.qk_pos_emb_head_dim
+
+    def gemm(m, n, k):
+        return gemm_time_s(m, n, k, spec, compute, gemm_dtype)
+
+    if mla.q_lora_rank:
+        total = gemm(t, mla.q_lora_rank, hidden) + gemm(t, heads_r * qk, mla.q_lora_rank)
+    else:
+        total = gemm(t, heads_r * qk, hidden)
+    total += gemm(t, mla.kv_lora_rank + mla.qk_pos_emb_head_dim, hidden)
+    total += gemm(t, heads_r * (mla.qk_head_dim + mla.v_head_dim), mla.kv_lora_rank)
+    total += gemm(t, hidden, heads_r * mla.v_head_dim)
+    # the core's FLOP are 2 t keys heads (qk + v): a core of heads_r heads of their mean width
+    width = (qk + mla.v_head_dim) // 2
+    total += attention_core_time_s(t, seq_len, heads_r * width, heads_r, spec, compute,
+                                   causal=causal, dtype_bytes=dtype_bytes)
     return float(total)
 
 

@@ -140,15 +140,67 @@ METRICS: tuple[Metric, ...] = (
     Metric("gpus_per_token", "GPUs per token", "", D, "Distinct destination GPUs of a token "
            "(its own included), mean.", views=("run",)),
     # ---- training
-    Metric("step_time_s", "step time", "s", T, "Simulated time of one training step: the last "
-           "GPU done and every gradient reduction finished.", show="ms", short="step ms",
+    Metric("iteration_time_s", "iteration time", "s", T, "Simulated time of one training "
+           "iteration: the pipeline schedule over every micro-batch, the exposed gradient "
+           "reduction, the exposed parameter gather and the optimizer step.", show="ms",
+           short="iter ms", views=("run", "report"), better="lower"),
+    Metric("step_time_s", "step time", "s", T, "The iteration before its optimizer "
+           "step: the last GPU done and every gradient reduction finished (one micro-batch on "
+           "one stage: the training step).", show="ms", short="step ms",
            views=("run", "report", "compare", "figure", "sweep", "routing"), better="lower",
            main=T),
-    Metric("tokens_per_s", "throughput", "tokens/s", TS, "Training: tokens of the step (every "
-           "GPU's micro-batch) / step time. Serving: output tokens / makespan.",
+    Metric("tokens_per_s", "throughput", "tokens/s", TS, "Training: tokens of the iteration "
+           "(global batch x sequence) / iteration time. Serving: output tokens / makespan.",
            show="tokens/s", short="tok/s",
            views=("run", "report", "compare", "sweep", "figure@serving"), better="higher",
            main=S),
+    Metric("tokens_per_s_per_gpu", "throughput per GPU", "tokens/s", T, "tokens_per_s / GPUs.",
+           show="tokens/s", short="tok/s/GPU", views=("run", "report", "compare"),
+           better="higher"),
+    Metric("tflops_per_gpu", "TFLOP/s per GPU", "", T, "Megatron-LM's logged throughput: "
+           "num_floating_point_operations of the global batch / (iteration time x GPUs) / "
+           "1e12 (sim/training/flops.py).", short="TFLOP/s", views=("run", "report", "compare"),
+           better="higher"),
+    Metric("mfu", "MFU", "1", T, "Model FLOP utilisation: TFLOP/s per GPU / the GPU's dense "
+           "BF16 tensor peak.", show="%", short="MFU %", views=("run", "report", "compare"),
+           better="higher"),
+    Metric("iteration_flops", "FLOP per iteration", "", T, "Megatron-LM's FLOP count of the "
+           "global batch (forward and backward).", views=("report",)),
+    Metric("bubble_fraction", "pipeline bubble", "1", T, "1 - busy / (stages x schedule "
+           "time): the idle share of the pipeline stages.", show="%", short="bubble %",
+           views=("run", "report", "compare"), better="lower"),
+    Metric("pipeline_time_s", "schedule time", "s", T, "The schedule's makespan: the first "
+           "forward to the last backward of any stage.", show="ms", views=("report",)),
+    Metric("exposed_comm_s", "exposed communication", "s", T, "Communication left on the "
+           "critical path, by kind: tp (the busiest stage's tensor-parallel exchanges), ep "
+           "(its dispatch and combine not hidden under compute), pp (schedule time gained "
+           "with free pipeline sends), dp (gradient reduction past the backward and the "
+           "exposed parameter gather).", show="ms", views=("run",)),
+    Metric("optimizer_time_s", "optimizer step", "s", T, "The optimizer step on the GPU "
+           "updating the most parameters, memory bound (30 bytes of HBM traffic per "
+           "parameter).", show="ms", views=("run", "report")),
+    Metric("param_gather_time_s", "exposed parameter gather", "s", T, "Distributed optimizer: "
+           "the parameter AllGather left exposed (with overlap_param_gather, the first "
+           "chunk's).", show="ms", views=("report",)),
+    Metric("p2p_time_s", "pipeline send", "s", T, "One stage-to-stage send of a micro-batch's "
+           "activations, every GPU of a stage at once.", show="us", views=("report",)),
+    Metric("memory_per_gpu_bytes", "memory per GPU", "B", T, "The fullest stage's memory per "
+           "GPU by part: params, grads, optimizer, activations (the micro-batches the schedule "
+           "holds at its peak), comm_buffers, total.", show="GiB", views=("run",)),
+    Metric("memory_stage", "fullest stage", "", T, "The pipeline stage memory_per_gpu_bytes "
+           "is of.", views=("report",)),
+    Metric("memory_fits", "fits in memory", "", T, "Every stage's total within the GPU's "
+           "HBM (a run that does not fit needs training.allow_oom).", views=("run", "report")),
+    Metric("hbm_bytes", "GPU memory", "B", T, "The GPU's HBM capacity.", show="GiB",
+           views=("report",)),
+    Metric("global_batch_size", "global batch", "", T, "Sequences per iteration.",
+           views=("report",)),
+    Metric("microbatches", "micro-batches", "", T, "Micro-batches per pipeline and "
+           "iteration.", views=("run", "report")),
+    Metric("pipeline_schedule", "schedule", "", T, "The pipeline schedule.",
+           views=("report",)),
+    Metric("parallel", "parallel layout", "", T, "tp, pp, vpp, ep, etp, dp and edp sizes.",
+           views=("report",)),
     Metric("a2a_time_s", "All-to-All time", "s", T, "Dispatch + combine time per GPU (waiting for "
            "its data included), mean over GPUs.", show="ms", short="A2A ms",
            views=("run", "report", "compare"), better="lower"),

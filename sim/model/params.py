@@ -25,6 +25,8 @@ class Shape:
     experts: int
     moe_layers: tuple[bool, ...]
     vocab: int = 0
+    shared_ffn: int = 0  # the shared experts' width summed (0: none)
+    mla: object | None = None  # sim.training.dims.MlaDims: multi-head latent attention
 
     @classmethod
     def of(cls, model, moe, vocab: int = 0) -> Shape:
@@ -34,7 +36,9 @@ class Shape:
                    heads=model.num_attention_heads,
                    kv_heads=model.num_query_groups or model.num_attention_heads,
                    gated=model.gated_linear_unit, experts=moe.num_experts,
-                   moe_layers=tuple(model.moe_layers()), vocab=vocab)
+                   moe_layers=tuple(model.moe_layers()), vocab=vocab,
+                   shared_ffn=getattr(moe, "moe_shared_expert_intermediate_size", None) or 0,
+                   mla=mla_of(model))
 
     @property
     def kv_hidden(self) -> int:
@@ -53,17 +57,36 @@ class Shape:
 
     @property
     def attention_params(self) -> int:
-        """Q, K, V and O projections of one layer."""
-        d = self.hidden
+        """Q, K, V and O projections of one layer (MLA: its down- and up-projections)."""
+        d, a = self.hidden, self.mla
+        if a is not None:
+            qk = a.qk_head_dim + a.qk_pos_emb_head_dim
+            q = (a.q_lora_rank * (d + self.heads * qk) if a.q_lora_rank
+                 else d * self.heads * qk)
+            kv = d * (a.kv_lora_rank + a.qk_pos_emb_head_dim) + a.kv_lora_rank * self.heads * (
+                a.qk_head_dim + a.v_head_dim)
+            return q + kv + self.heads * a.v_head_dim * d
         return d * (d + 2 * self.kv_hidden) + d * d
 
     def dense_params(self, moe: bool) -> int:
-        """Weights of one layer outside its experts: attention + router (MoE) or + FFN."""
+        """Weights of one layer outside its routed experts: attention + router and shared
+        experts (MoE) or + FFN."""
         d = self.hidden
         return self.attention_params + (
-            d * self.experts if moe else self.matrices_per_ffn * d * self.ffn_hidden)
+            d * self.experts + self.matrices_per_ffn * d * self.shared_ffn if moe
+            else self.matrices_per_ffn * d * self.ffn_hidden)
 
     @property
     def non_expert_params(self) -> int:
         """Every weight outside the experts: each layer's dense part and the embedding."""
         return sum(self.dense_params(m) for m in self.moe_layers) + self.vocab * self.hidden
+
+
+def mla_of(model):
+    """The ``sim.training.dims.MlaDims`` of a scenario's ``model`` section (None: MHA/GQA)."""
+    if not getattr(model, "multi_latent_attention", False):
+        return None
+    from sim.training.dims import MlaDims
+
+    return MlaDims(model.kv_lora_rank, model.qk_head_dim, model.qk_pos_emb_head_dim,
+                   model.v_head_dim, model.q_lora_rank)

@@ -32,7 +32,7 @@ class GpuClocks:
         self.p, self.a2a_algorithm, self.model = gpus, a2a_algorithm, model
         self.gpus = np.arange(gpus)
         self.ready = np.zeros(gpus)
-        node = fabric.cluster.node_of
+        node = fabric.cluster.node_of[:gpus]  # the first ``gpus`` GPUs of the cluster
         self.cross = node[:, None] != node[None, :]
         self.inter_node_bytes = self.intra_node_bytes = self.a2a_inter_node_bytes = 0.0
 

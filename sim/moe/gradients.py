@@ -1,6 +1,7 @@
-"""Gradient reduction of a training step: pipelined ring AllReduce of dense weight shards over
-the data-parallel ranks (one ring per rail across servers, as NCCL's channels) and of expert
-shards over each expert's replicas."""
+"""Gradient reduction of a training step: pipelined ring AllReduce (or, under the distributed
+optimizer, ReduceScatter) of dense weight shards over the data-parallel ranks (one ring per rail
+across servers, as NCCL's channels) and of expert shards over each expert's replicas. The step's
+GPUs are the first ``layout.gpus`` of the cluster (one pipeline stage's block)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from sim.moe.clocks import GpuClocks
 class GradientReduction:
     """Starts the reduction of given layers' gradients as SimPy processes."""
 
-    def __init__(self, clocks: GpuClocks, inp):
+    def __init__(self, clocks: GpuClocks, inp, collective: str = "all_reduce"):
         self.clocks, self.inp, self.model = clocks, inp, clocks.model
+        self.collective = collective  # or "reduce_scatter", "all_gather"
         fabric, lay = clocks.fabric, inp.layout
-        self.rings = ring_orders(fabric.cluster)
+        self.rings = [o[o < lay.gpus] for o in ring_orders(fabric.cluster)]
         self.dense_groups = np.vstack([lay.dense_dp_groups(order) for order in self.rings])
         self.expert_groups = lay.expert_dp_groups()
 
@@ -38,12 +40,16 @@ class GradientReduction:
             if n > 1 and nbytes > 0:
                 ring = np.zeros((p, p))  # rings share hops inside a server: accumulate
                 np.add.at(ring, (groups.ravel(), np.roll(groups, -1, axis=1).ravel()),
-                          2 * (n - 1) / n * nbytes)
+                          self._steps(n) / n * nbytes)
                 self.clocks.count(ring)
                 procs.append(env.process(ring_all_reduce_groups(
                     fabric, groups, nbytes, pipelined=True,
-                    cost=self._cost(groups, nbytes * rings, rings))))
+                    cost=self._cost(groups, nbytes * rings, rings), steps=self._steps(n))))
         return procs
+
+    def _steps(self, n: int) -> int:
+        """Ring steps of the collective over ``n`` ranks."""
+        return 2 * (n - 1) if self.collective == "all_reduce" else n - 1
 
     def _cost(self, groups: np.ndarray, size: float, rings: int):
         """The library's cost of a ring all_reduce of ``size`` bytes per rank over ``groups``
@@ -53,8 +59,9 @@ class GradientReduction:
         m = self.model
         proto = m.group_protocol(size)
         nodes = len(np.unique(self.clocks.fabric.cluster.node_of[groups[0]]))
-        return Cost("ring", proto, m.group_delay_s("all_reduce", proto, groups.shape[1], nodes),
-                    m.inflate("all_reduce", "ring", proto), m.ring_cap_Bps(proto, size, rings))
+        c = self.collective
+        return Cost("ring", proto, m.group_delay_s(c, proto, groups.shape[1], nodes),
+                    m.inflate(c, "ring", proto), m.ring_cap_Bps(proto, size, rings))
 
     def start(self, layers: list[int], at: float):
         """A process reducing ``layers`` from simulated time ``at`` on (recorded as spans)."""

@@ -41,9 +41,11 @@ class Layout:
 
     @classmethod
     def build(cls, gpus: int, ep: int, experts: int, tp: int = 1, source: str = "",
-              etp: int | None = None, gpus_per_node: int | None = None) -> Layout:
+              etp: int | None = None, gpus_per_node: int | None = None,
+              whole: str = "the topology") -> Layout:
         """Check the sizes against each other; a mismatch is the user's, with one-line errors.
-        ``etp`` None means equal to ``tp`` (Megatron-Core's default)."""
+        ``etp`` None means equal to ``tp`` (Megatron-Core's default); ``whole``: what the
+        ``gpus`` are, for the messages (the topology, or a pipeline stage)."""
         where = f"{source}: " if source else ""
         etp = tp if etp is None else etp
         per_node = gpus_per_node or gpus
@@ -57,7 +59,7 @@ class Layout:
         what = "GPUs" if etp == 1 else f"TP groups of {etp} (expert_tensor_parallel_size)"
         if units % ep:
             raise UserError(f"{where}parallel.expert_model_parallel_size: must divide the "
-                            f"{units} {what} of the topology (got {ep})")
+                            f"{units} {what} of {whole} (got {ep})")
         if experts % ep:
             raise UserError(f"{where}parallel.expert_model_parallel_size: must divide "
                             f"moe.num_experts = {experts} (got {ep})")

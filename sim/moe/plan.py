@@ -81,15 +81,19 @@ class LayerRouting:
 
 
 def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
-              progress=None) -> list[LayerRouting]:
+              progress=None, microbatch: int = 0,
+              only: set[int] | None = None) -> list[LayerRouting]:
     """Route every MoE layer of ``scenario`` on every GPU; one LayerRouting per MoE layer.
 
-    ``progress(stage, done, total)`` is called after each routing group when given."""
+    ``progress(stage, done, total)`` is called after each routing group when given.
+    ``microbatch``: which micro-batch of the step (0 = the step's first; each has its own
+    tokens and gate noise); ``only``: the MoE layer indices to route (the others come back
+    with no tokens routed), None = all."""
     from sim.workload import GateConfig, GateGenerator
 
     model, moe, gating = scenario.model, scenario.moe, scenario.gating
     if gating.trace is not None:
-        return _plan_from_trace(scenario, layout, gpu_node)
+        return _plan_from_trace(scenario, layout, gpu_node, microbatch)
     n_moe = sum(model.moe_layers())
     tokens = model.micro_batch_size * model.seq_length // layout.tp  # sequence-parallel shard
     e, k = moe.num_experts, moe.moe_router_topk
@@ -102,12 +106,14 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     step = scenario.training.step
     expert_gpu = [layout.expert_gpu(np.arange(p), li) for li in range(n_moe)]
     for g in range(groups):
-        ids = gen.tokens(step, tokens, group=g)
-        logits = gen.logits(step, ids, group=g)
+        ids = gen.tokens(step, tokens, group=g + microbatch * groups)
+        logits = gen.logits(step, ids, group=g + microbatch * groups)
         ctx = RouterContext(
             topk=k, rng=rng, token_ids=ids, expert_gpu=expert_gpu[0][g], gpu_node=gpu_node,
             token_gpu=np.full(tokens, g), capacity=cap, params=dict(moe.router.params))
         for li in range(n_moe):
+            if only is not None and li not in only:
+                continue
             if layout.placement is not None:
                 ctx = replace(ctx, expert_gpu=expert_gpu[li][g])
             a = route(moe.router.name, logits[li], ctx)
@@ -221,9 +227,11 @@ class _Counts:
         return layers
 
 
-def _plan_from_trace(scenario, layout: Layout, gpu_node) -> list[LayerRouting]:
-    """Replay a recorded routing trace: GPU g takes the trace's tokens g*S .. (g+1)*S - 1,
-    wrapping around when the trace is shorter; no generator, no router, same capacity rules."""
+def _plan_from_trace(scenario, layout: Layout, gpu_node,
+                     microbatch: int = 0) -> list[LayerRouting]:
+    """Replay a recorded routing trace: GPU g takes the trace's tokens g*S .. (g+1)*S - 1
+    (micro-batch i: shifted by i x groups x S), wrapping around when the trace is shorter; no
+    generator, no router, same capacity rules."""
     from sim.errors import UserError
     from sim.routing import Assignment
     from sim.workload import load_trace
@@ -250,7 +258,7 @@ def _plan_from_trace(scenario, layout: Layout, gpu_node) -> list[LayerRouting]:
     rows = np.repeat(np.arange(tokens), k)
     choice = np.tile(np.arange(k), tokens)
     for g in range(groups):
-        idx = (np.arange(tokens) + g * tokens) % trace.num_tokens
+        idx = (np.arange(tokens) + (g + microbatch * groups) * tokens) % trace.num_tokens
         for li in range(n_moe):
             score = trace.scores[li, idx].ravel().astype(float)
             a = Assignment(rows, trace.experts[li, idx].ravel(), score, choice, score, tokens, e)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -28,17 +28,23 @@ class TrainingResult:
     layers: list[dict]
     links: list[dict]
     spans: list[Span]
+    tables: dict = field(default_factory=dict)
+    """Further tables of an iteration: ``stages`` (memory per stage), ``schedule`` (its ops)."""
 
 
 def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
-                placement=None, compute=None) -> StepInputs:
+                placement=None, compute=None, gpus: int | None = None,
+                plan: bool = True) -> StepInputs:
     """Sizes, layout and routing plan of ``scenario`` on ``cluster``; ``placement`` (MoE
     layers, E) puts expert e of layer l on GPU ``placement[l][e]`` of each EP group;
-    ``compute``: the profile's compute section (None: the roofline times the compute)."""
+    ``compute``: the profile's compute section (None: the roofline times the compute);
+    ``gpus``: the step's GPUs, the first of the cluster (one pipeline stage; None: all);
+    ``plan`` False: no routing yet (``routing`` empty)."""
     model, moe, par, tr = scenario.model, scenario.moe, scenario.parallel, scenario.training
     tp = par.tensor_model_parallel_size
-    layout = Layout.build(cluster.num_gpus, par.expert_model_parallel_size, moe.num_experts,
-                          tp, source, par.expert_tensor_parallel_size, cluster.gpus_per_node)
+    layout = Layout.build(gpus or cluster.num_gpus, par.expert_model_parallel_size,
+                          moe.num_experts, tp, source, par.expert_tensor_parallel_size,
+                          cluster.gpus_per_node)
     if placement is not None:
         layout = layout.with_placement(placement, sum(model.moe_layers()), source)
     where = f"{source}: " if source else ""
@@ -53,13 +59,23 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
         raise UserError(f"{where}moe.rectify.intra_gpu: needs expert_tensor_parallel_size 1 "
                         f"(a GPU holds whole experts only then; got {layout.etp})")
     _check_dispatcher(scenario, layout, where)
+    if model.multi_latent_attention and compute is None:
+        raise UserError(f"{where}model.multi_latent_attention: needs a communication profile "
+                        "with a compute section (the roofline times MHA/GQA only)")
+    if tr.fp8_dispatch and tr.dispatcher != "alltoall":
+        raise UserError(f"{where}training.fp8_dispatch: an alltoall dispatcher setting "
+                        f"({tr.dispatcher} sets its own precision); remove it")
+    shape = Shape.of(model, moe)
     return StepInputs(
-        shape=Shape.of(model, moe), seq_len=model.seq_length, tokens=tokens // tp,
+        shape=shape, seq_len=model.seq_length, tokens=tokens // tp,
         dtype_bytes=tr.dtype_bytes, grad_dtype_bytes=tr.grad_dtype_bytes,
         overlap_grad_reduce=tr.overlap_grad_reduce, layout=layout,
-        routing=_plan(scenario, layout, cluster, source, progress),
-        a2a_algorithm=tr.a2a_algorithm, dispatcher=tr.dispatcher, gpu_node=cluster.node_of,
-        local_rank=cluster.local_rank, compute=compute, gemm_dtype=tr.gemm_dtype)
+        routing=plan_routing(scenario, layout, cluster, source, progress) if plan else [],
+        a2a_algorithm=tr.a2a_algorithm, dispatcher=tr.dispatcher,
+        gpu_node=cluster.node_of[:layout.gpus], local_rank=cluster.local_rank[:layout.gpus],
+        compute=compute, gemm_dtype=tr.gemm_dtype,
+        shared_ffn=shape.shared_ffn, shared_overlap=moe.moe_shared_expert_overlap,
+        mla=shape.mla, fp8_dispatch=tr.fp8_dispatch)
 
 
 def _check_dispatcher(scenario, layout: Layout, where: str) -> None:
@@ -92,10 +108,11 @@ def _check_gemm_dtype(scenario, cluster: Cluster, profile, source: str) -> None:
                         "FP8 tensor peak in the catalog")
 
 
-def _plan(scenario, layout, cluster, source, progress):
+def plan_routing(scenario, layout, cluster, source: str = "", progress=None, microbatch: int = 0,
+                 only=None):
     """The routing plan; a router's complaint about its parameters names the scenario file."""
     try:
-        return plan_step(scenario, layout, cluster.node_of, progress)
+        return plan_step(scenario, layout, cluster.node_of, progress, microbatch, only)
     except UserError as e:
         if source and not str(e).startswith(source):
             raise UserError(f"{source}: moe.router: {e}") from None
@@ -104,12 +121,24 @@ def _plan(scenario, layout, cluster, source, progress):
 
 def run_training(scenario, cluster: Cluster, source: str = "", progress=None,
                  placement=None) -> TrainingResult:
-    """Simulate one training step of ``scenario``; every number in the summary is SI.
+    """Simulate one training iteration of ``scenario`` (``sim.training.iteration``); every
+    number in the summary is SI.
 
     ``progress(stage, done, total)``: optional callback (routing groups, then layers).
     ``placement``: expert -> GPU per MoE layer (see ``step_inputs``), default block placement."""
-    profile = load_profile(scenario.comm_profile or cluster.comm_profile)
-    _check_gemm_dtype(scenario, cluster, profile, source)
+    from sim.training.iteration import run_iteration
+
+    return run_iteration(scenario, cluster, source, progress, placement)
+
+
+def run_step(scenario, cluster: Cluster, source: str = "", progress=None,
+             placement=None, profile=None) -> TrainingResult:
+    """Simulate one training step of ``scenario`` (one micro-batch's forward and backward
+    and the gradient reduction on every GPU); ``profile``: the communication profile (None:
+    the scenario's or topology's)."""
+    if profile is None:
+        profile = load_profile(scenario.comm_profile or cluster.comm_profile)
+        _check_gemm_dtype(scenario, cluster, profile, source)
     inp = step_inputs(scenario, cluster, source, progress, placement, profile.compute)
     options = FabricOptions.from_settings(scenario.fabric, profile)
     env = simpy.Environment()

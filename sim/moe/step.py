@@ -58,6 +58,10 @@ class StepInputs:
     local_rank: np.ndarray | None = None  # (P,) rank inside its server (deepep)
     compute: ComputeProfile | None = None  # the profile's kernel model; None: the roofline
     gemm_dtype: str = "bf16"  # or "fp8" (needs compute)
+    shared_ffn: int = 0  # shared experts' width summed (0: none)
+    shared_overlap: bool = False  # shared experts computed while the dispatch is in flight
+    mla: object | None = None  # sim.training.dims.MlaDims: multi-head latent attention
+    fp8_dispatch: bool = False  # alltoall dispatcher: dispatch in FP8 (+ scales)
 
 
 @dataclass
@@ -105,8 +109,10 @@ def forward(clocks: GpuClocks, inp: StepInputs, work: StepWork, progress=None) -
             "attention", "fwd", layer, np.full(p, work.dense_fwd[moe]), work.tp_gather[moe])
         if moe:
             disp, comb = work.deepep.get(layer, (None, None))
+            before = clocks.ready.copy()
             row["dispatch_s"] = yield from clocks.exchange(work.dispatch[layer], "dispatch",
                                                            "fwd", layer, deepep=disp)
+            row["shared_s"] = shared_experts(clocks, inp, work.shared_fwd, "fwd", layer, before)
             row["expert_s"], t = yield from clocks.tp_framed(
                 "expert", "fwd", layer, work.expert_fwd[layer], work.unit_gather.get(layer))
             row["tp_s"] += t
@@ -120,9 +126,24 @@ def forward(clocks: GpuClocks, inp: StepInputs, work: StepWork, progress=None) -
     return rows
 
 
-def backward(clocks: GpuClocks, inp: StepInputs, work: StepWork, grads: GradientReduction,
-             progress=None) -> Generator:
-    """The backward pass from the last layer; returns the gradient reduction processes."""
+def shared_experts(clocks: GpuClocks, inp: StepInputs, seconds: float, phase: str, layer: int,
+                   before: np.ndarray) -> float:
+    """The shared experts' ``seconds`` on every GPU: after the dispatch (``clocks.ready``), or,
+    with ``inp.shared_overlap``, from ``before`` it (under the exchange in flight); returns
+    ``seconds``."""
+    if seconds <= 0:
+        return 0.0
+    start = clocks.ready.copy()
+    end = np.maximum(start, before + seconds) if inp.shared_overlap else start + seconds
+    clocks.ready = end
+    clocks.spans("expert", phase, layer, np.minimum(start, end - seconds), end)
+    return seconds
+
+
+def backward(clocks: GpuClocks, inp: StepInputs, work: StepWork,
+             grads: GradientReduction | None, progress=None) -> Generator:
+    """The backward pass from the last layer; returns the gradient reduction processes (none
+    when ``grads`` is None: a pipeline's micro-batch before its last)."""
     p, moe_layers, reductions = inp.layout.gpus, inp.shape.moe_layers, []
     for layer in reversed(range(len(moe_layers))):
         moe = moe_layers[layer]
@@ -137,15 +158,17 @@ def backward(clocks: GpuClocks, inp: StepInputs, work: StepWork, grads: Gradient
             yield from clocks.tp_framed("expert", "bwd", layer,
                                         backward_time_s(work.expert_fwd[layer]),
                                         work.unit_gather.get(layer))
+            before = clocks.ready.copy()
             yield from clocks.exchange(work.combine[layer], "dispatch", "bwd", layer,
                                        deepep=comb)
+            shared_experts(clocks, inp, backward_time_s(work.shared_fwd), "bwd", layer, before)
         yield from clocks.tp_framed("attention", "bwd", layer,
                                     np.full(p, backward_time_s(work.dense_fwd[moe])),
                                     work.tp_gather[moe])
-        if inp.overlap_grad_reduce:
+        if inp.overlap_grad_reduce and grads is not None:
             reductions.append(grads.start([layer], float(clocks.ready.max())))
         if progress is not None:
             progress("backward", len(moe_layers) - layer, len(moe_layers))
-    if not inp.overlap_grad_reduce:
+    if not inp.overlap_grad_reduce and grads is not None:
         reductions.append(grads.start(list(range(len(moe_layers))), float(clocks.ready.max())))
     return reductions

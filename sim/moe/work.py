@@ -61,6 +61,9 @@ class StepWork:
     """(P, P) AllGather of received tokens inside expert units (expert tensor parallel only)."""
     local_fwd: dict = field(default_factory=dict)
     """(P,) forward seconds of the tokens each GPU rectified onto its own experts (IR)."""
+    shared_fwd: float = 0.0
+    """Forward seconds of an MoE layer's shared experts on one rank (its TP group's tokens,
+    the width split over TP)."""
 
 
 def step_work(inp, spec) -> StepWork:
@@ -77,12 +80,17 @@ def step_work(inp, spec) -> StepWork:
             inp.tokens * tp, inp.seq_len, s.hidden, s.heads, spec, inp.compute, tp=tp,
             ffn_hidden=None if moe else s.ffn_hidden, gated=s.gated,
             num_experts=s.experts if moe else None, kv_heads=s.kv_heads,
-            dtype_bytes=inp.dtype_bytes, gemm_dtype=inp.gemm_dtype)
+            dtype_bytes=inp.dtype_bytes, gemm_dtype=inp.gemm_dtype, mla=inp.mla)
         # sequence-parallel AllGather before the TP-split blocks (ReduceScatter after: .T);
         # a dense-FFN layer has two such blocks, attention and MLP
         blocks = 1 if moe else 2
         work.tp_gather[moe] = (group_matrix(lay.tp_groups(), np.full(p, blocks * inp.tokens * act))
                                if tp > 1 else None)
+    if inp.shared_ffn:
+        work.shared_fwd = float(np.sum(kernels.experts_time_s(
+            np.array([float(inp.tokens * tp)]), s.hidden, inp.shared_ffn / tp, spec,
+            inp.compute, gated=s.gated, dtype_bytes=inp.dtype_bytes,
+            gemm_dtype=inp.gemm_dtype)))
     units = lay.unit_groups()
     moe_index = np.cumsum(s.moe_layers) - 1
     gpus = np.arange(p)
@@ -102,6 +110,8 @@ def _exchanges(work: StepWork, inp, layer: int, r, m: np.ndarray,
                                                                           inp.tokens * act))
         return g, g.T.copy()
     if inp.dispatcher != "deepep":
+        if inp.fp8_dispatch:  # FP8 tokens with their scales; the combine stays in dtype_bytes
+            return m * (token_bytes(inp.shape.hidden, "fp8") / act), m.T.copy()
         return m, m.T.copy()
     p, hidden = lay.gpus, inp.shape.hidden
     units = lay.unit_gpu(np.arange(p))  # (P, ep)

@@ -15,6 +15,10 @@ from sim.runs.rundir import csv_text
 LAYER_COLUMNS = ("layer", "moe", "attention_s", "dispatch_s", "expert_s", "combine_s", "tp_s",
                  "drop_fraction", "padding_fraction", "imbalance", "expert_load")
 LINK_COLUMNS = ("link", "name", "src", "dst", "tier", "capacity_gbps", "bytes", "utilisation")
+STAGE_COLUMNS = ("stage", "params_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes",
+                 "comm_buffers_bytes", "total_bytes")
+SCHEDULE_COLUMNS = ("stage", "kind", "microbatch", "chunk", "microbatch_b", "chunk_b",
+                    "start_s", "end_s")
 
 
 def run_with_placement(scenario: Any, cluster: Any, source: str = "",
@@ -35,17 +39,23 @@ def run_with_placement(scenario: Any, cluster: Any, source: str = "",
 
 def text(scenario: Any, cluster: Any, summary: Mapping) -> str:
     """What ``moesim run`` prints: a heading, then the catalogue's ``run`` view."""
-    head = f"# {scenario.name}: one training step on {cluster.name} ({cluster.num_gpus} GPUs)"
+    head = (f"# {scenario.name}: one training iteration on {cluster.name} "
+            f"({cluster.num_gpus} GPUs)")
     return "\n".join([head, *catalogue.lines(summary, "training")])
 
 
 def files(scenario: Any, cluster: Any, result: Any, reports: bool = True) -> dict:
-    """The files of a training run: summary.json, layers.csv, links.csv and, with ``reports``,
-    report.html and trace.json (Chrome trace format; open in Perfetto)."""
+    """The files of a training run: summary.json, layers.csv, links.csv, stages.csv (memory per
+    GPU of each pipeline stage), schedule.csv (a pipelined iteration's ops) and, with
+    ``reports``, report.html and trace.json (Chrome trace format; open in Perfetto)."""
     summary = {**summary_head("training", scenario, cluster), **result.summary}
     out = {"summary.json": summary,
            "layers.csv": csv_text(result.layers, LAYER_COLUMNS),
            "links.csv": csv_text(result.links, LINK_COLUMNS)}
+    if "stages" in result.tables:
+        out["stages.csv"] = csv_text(result.tables["stages"], STAGE_COLUMNS)
+    if "schedule" in result.tables:
+        out["schedule.csv"] = csv_text(result.tables["schedule"], SCHEDULE_COLUMNS)
     if reports:
         from sim.report import chrome_trace, render_report
 

@@ -31,6 +31,24 @@ class Model(StrictModel):
     """SwiGLU-style FFN: three weight matrices instead of two."""
     moe_layer_freq: int | list[int] = 1
     """Every k-th layer is MoE (k = 1: all), or a 0/1 list with one entry per layer."""
+    vocab_size: int | None = Field(None, gt=0)
+    """Padded vocabulary of the embedding and output layer; None: neither is modelled (no
+    logits GEMM on the last stage, no embedding parameters)."""
+    untie_embeddings_and_output_weights: bool = True
+    """Separate input embedding and output layer matrices (Megatron's flag)."""
+    multi_latent_attention: bool = False
+    """DeepSeek-V2/V3's MLA instead of MHA/GQA (the fields below)."""
+    q_lora_rank: int | None = Field(None, gt=0)
+    """MLA: rank of the query compression; None: queries projected from the hidden state."""
+    kv_lora_rank: int = Field(512, gt=0)
+    qk_head_dim: int = Field(128, gt=0)
+    """MLA: per-head query/key width without the rotary part."""
+    qk_pos_emb_head_dim: int = Field(64, gt=0)
+    """MLA: per-head rotary part (one key shared by the heads)."""
+    v_head_dim: int = Field(128, gt=0)
+    mtp_num_layers: int = Field(0, ge=0)
+    """DeepSeek-V3's multi-token prediction modules: counted by the FLOP formula and the
+    parameters, not timed (see README)."""
 
     @model_validator(mode="after")
     def _freq_fits(self) -> Model:
@@ -84,6 +102,11 @@ class Moe(StrictModel):
     moe_pad_expert_input_to_capacity: bool = False
     """Padded dispatch: every expert gets exactly its capacity in slots, whatever the routing."""
     capacity_convention: Literal["megatron", "deepspeed", "tutel", "gshard"] = "megatron"
+    moe_shared_expert_intermediate_size: int | None = Field(None, gt=0)
+    """Width of the shared experts of every MoE layer summed (DeepSeek-V3: one of 2048); each
+    GPU computes them on its own tokens (sequence-parallel shard, split over TP)."""
+    moe_shared_expert_overlap: bool = False
+    """Compute the shared experts while the dispatch is in flight (Megatron-Core's flag)."""
     router: Router = Router()
     rectify: Rectify = Rectify()
 
@@ -102,6 +125,15 @@ class Parallel(StrictModel):
     expert_model_parallel_size: int = Field(1, ge=1)
     expert_tensor_parallel_size: int | None = Field(None, ge=1)
     """Each expert split over 1 or tensor_model_parallel_size GPUs; None = the latter."""
+    pipeline_model_parallel_size: int = Field(1, ge=1)
+    """Pipeline stages; ranks in Megatron-Core's order (TP fastest, then EP/DP, PP slowest):
+    stage s holds the s-th block of gpus / pp consecutive ranks."""
+    virtual_pipeline_model_parallel_size: int | None = Field(None, ge=1)
+    """Model chunks per stage (interleaved schedule); None: one."""
+    decoder_first_pipeline_num_layers: int | None = Field(None, ge=1)
+    """Layers of the first stage when it differs (uneven split); None: an even share."""
+    decoder_last_pipeline_num_layers: int | None = Field(None, ge=1)
+    """Layers of the last stage when it differs; None: an even share."""
 
 
 class Training(StrictModel):
@@ -122,6 +154,41 @@ class Training(StrictModel):
     nodes between GPUs of the same local rank, then inside the destination node)."""
     step: int = Field(0, ge=0)
     """Which training step's routing to simulate (drift moves with it)."""
+    global_batch_size: int | None = Field(None, gt=0)
+    """Sequences per iteration; None: micro_batch_size x data-parallel size (one micro-batch
+    per iteration). Micro-batches per pipeline = global / (micro_batch_size x DP)."""
+    pipeline_schedule: str | None = None
+    """A registered schedule (``moesim list``): 1f1b, interleaved, dualpipe; None: interleaved
+    with virtual stages, else 1f1b."""
+    use_distributed_optimizer: bool = False
+    """Megatron's distributed optimizer (ZeRO-1): gradients reduce-scattered and parameters
+    all-gathered over the data-parallel group, optimizer states sharded; else an AllReduce and
+    replicated states."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer: gather each chunk's parameters under the next iteration's forward
+    (the first chunk's gather stays exposed)."""
+    recompute_granularity: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation (Korthikanti et al. 2022): selective recomputes the attention
+    core, full recomputes each layer from its input in the backward pass."""
+    overlap_moe_expert_parallel_comm: bool = False
+    """Pair the steady state's forward and backward chunks and hide each one's dispatch and
+    combine under the other's compute (Megatron-Core's 1F1B all-to-all overlap; DualPipe
+    always overlaps its F&B pairs)."""
+    communication_sms: int = Field(0, ge=0)
+    """SMs the communication kernels take from compute while a pair overlaps (DeepSeek-V3: 20
+    of 132); its compute then runs at (SMs - communication_sms) / SMs of the rate."""
+    fp8_dispatch: bool = False
+    """alltoall dispatcher: dispatch tokens in FP8 (hidden + hidden / 128 x 4 bytes of scales
+    per token); the combine stays in dtype_bytes."""
+    representative_microbatches: int = Field(4, ge=1)
+    """Routing samples timed per model chunk; micro-batch i takes sample i mod this (each has
+    its own routing). Equal to the micro-batches: every one timed."""
+    reuse_equivalent_chunks: bool = True
+    """Time model chunks of the same layer kinds once per sample (stages are identical GPU
+    blocks); False: every chunk on its own routing."""
+    allow_oom: bool = False
+    """Run a layout that does not fit in the GPU's memory anyway (and report it) instead of
+    refusing it."""
     dispatcher: Literal["alltoall", "deepep", "allgather"] = "alltoall"
     """How dispatch and combine move tokens (``sim.moe.dispatchers``): ``alltoall``, one copy
     per (token, expert) (Megatron-Core's all-to-all dispatcher; ``a2a_algorithm`` applies);
