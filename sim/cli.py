@@ -401,10 +401,12 @@ def validate(file: Path) -> None:
 
 @cli.command(name="list")
 def list_() -> None:
-    """List the shipped topologies, collectives with their algorithms, and routers."""
+    """List the shipped topologies, collectives with their algorithms, routers and pipeline
+    schedules."""
     from sim.routing import ROUTERS
     from sim.scenario.schema import COLLECTIVES
     from sim.topology import list_topologies
+    from sim.training.schedules import SCHEDULES
 
     click.echo("topologies:")
     for name, description in list_topologies():
@@ -414,6 +416,8 @@ def list_() -> None:
         click.echo(f"  {collective:<26} {', '.join(algorithms)}")
     click.echo("routers (moe.router.name):")
     click.echo(f"  {', '.join(ROUTERS.names())}")
+    click.echo("pipeline schedules (training.pipeline_schedule):")
+    click.echo(f"  {', '.join(SCHEDULES.names())}")
 
 
 def _fail(message: str, status: int = USER_ERROR_EXIT) -> None:

@@ -1,9 +1,12 @@
-"""Parameter counts of an MoE transformer, from its shapes alone: the one place they are counted.
+"""Parameter counts of an MoE transformer, from its shapes alone, as the step's gradient
+reductions size them (the iteration's memory model counts per stage, norms and embeddings
+included, in ``sim/training/memory.py``).
 
 Per layer: attention = Q and O projections (d x d each) + K and V projections (d x d_kv each,
-d_kv = d x kv_heads / heads: grouped-query attention); an MoE layer adds its router (d x E) and
-E experts, a dense layer its FFN. An FFN (a dense one, or one expert) has two weight matrices,
-three with a gated linear unit (SwiGLU): (2 or 3) x d x ffn. Norms and biases are left out
+d_kv = d x kv_heads / heads: grouped-query attention; with multi-head latent attention its
+down- and up-projections instead, :attr:`Shape.attention_params`); an MoE layer adds its router
+(d x E), its shared experts and E experts, a dense layer its FFN. An FFN (a dense one, or one
+expert) has two weight matrices, three with a gated linear unit (SwiGLU): (2 or 3) x d x ffn. Norms and biases are left out
 (under 0.1 % of any shipped model). The embedding is tied (one vocab x d matrix).
 """
 

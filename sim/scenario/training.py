@@ -47,8 +47,9 @@ class Model(StrictModel):
     """MLA: per-head rotary part (one key shared by the heads)."""
     v_head_dim: int = Field(128, gt=0)
     mtp_num_layers: int = Field(0, ge=0)
-    """DeepSeek-V3's multi-token prediction modules: counted by the FLOP formula and the
-    parameters, not timed (see README)."""
+    """DeepSeek-V3's multi-token prediction modules, on the last pipeline stage: each timed as
+    one more layer like the last (on its routing) with its own logits GEMM, and counted by
+    the FLOP formula and the memory model."""
 
     @model_validator(mode="after")
     def _freq_fits(self) -> Model:

@@ -29,8 +29,9 @@ schedule):
    (fp32 gradient read 4, fp32 master, Adam m and v read and written 24, bf16 parameter
    written 2) at the compute profile's HBM efficiency (the roofline's 80 % without).
 
-A single-stage iteration of one micro-batch is the training step of ``sim.moe.step`` plus the
-optimizer step (``step_time_s`` is the same number as before).
+A single-stage iteration of one micro-batch (without logits, MTP or recompute, which the step
+does not model) is the training step of ``sim.moe.step`` plus the optimizer step
+(``step_time_s`` is the same number as before).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from sim.moe.run import (
     TrainingResult,
     _check_gemm_dtype,
     link_rows,
+    locality,
     plan_routing,
     run_step,
     step_inputs,
@@ -106,7 +108,9 @@ def run_iteration(scenario, cluster, source: str = "", progress=None,
                         f"{row['activations_bytes'] / 2**30:.1f}), the {cluster.gpu.name} has "
                         f"{cluster.gpu.hbm_gib:.0f} GiB (training.allow_oom: true runs it "
                         "anyway)")
-    if pipe.par.pp == 1 and pipe.microbatches == 1:
+    m, tr = scenario.model, scenario.training
+    if (pipe.par.pp == 1 and pipe.microbatches == 1 and m.vocab_size is None
+            and m.mtp_num_layers == 0 and tr.recompute_granularity == "none"):
         result = run_step(scenario, cluster, source, progress, placement, profile)
         step = result.summary["step_time_s"]
         timeline = None
@@ -245,11 +249,17 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
     collective = "reduce_scatter" if tr.use_distributed_optimizer else "all_reduce"
     times: dict[tuple[int, int], ChunkTime] = {}
     tails: dict[int, ChunkTime] = {}
+    samples_routing: list = []
     for r in range(samples):
-        routing = plan_routing(scenario, base.layout, cluster, source, None, r, only)
+        routing = (plan_routing(scenario, base.layout, cluster, source, None, r, only)
+                   if only else [])
+        samples_routing.append((routing, only))
         for k in reps:
-            inp = chunk_inputs(base, pipe.chunk_layers[k], routing)
-            kw = {"logits_s": logits if _signature(pipe, flags, k)[1] else 0.0,
+            layers, last = pipe.chunk_layers[k], _signature(pipe, flags, k)[1]
+            if last:  # the MTP modules: a layer like the last (its routing) and their logits
+                layers = layers + (layers[-1],) * model.mtp_num_layers
+            inp = chunk_inputs(base, layers, routing)
+            kw = {"logits_s": logits * (1 + model.mtp_num_layers) if last else 0.0,
                   "recompute": tr.recompute_granularity, "core_s": core}
             times[(k, r)] = time_chunk(factory, inp, profile, **kw)
             if r == (pipe.microbatches - 1) % samples:
@@ -268,7 +278,8 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
 
     timeline = run(plan, duration, lambda *a: hop)
     return Iteration(pipe, plan, timeline, {"rep": rep, "times": times, "hop": hop,
-                                            "slow": slow, "samples": samples}, tails)
+                                            "slow": slow, "samples": samples,
+                                            "routing": samples_routing, "base": base}, tails)
 
 
 def op_time_s(op: Op, chunk_time, slow: float) -> float:
@@ -375,7 +386,6 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
     iteration = fwd_bwd + ag + opt
     ep, tpc, comp = _exposed(tl, it)
     spans = _schedule_spans(tl, pipe)
-    ct = list(times.values())
     summary = {
         "step_time_s": fwd_bwd, "iteration_time_s": iteration, "pipeline_time_s": tl.makespan_s,
         "optimizer_time_s": opt, "param_gather_time_s": ag,
@@ -386,16 +396,39 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
         "compute_time_s": comp, "tp_time_s": tpc, "allreduce_time_s": dp_exposed,
         "p2p_time_s": it.chunk_times["hop"],
         "gpus": cluster.num_gpus, "critical_gpu": 0,
-        "inter_node_bytes": float(np.mean([c.inter_node_bytes for c in ct])),
-        "intra_node_bytes": float(np.mean([c.intra_node_bytes for c in ct])),
-        "a2a_inter_node_bytes": float(np.mean([c.a2a_inter_node_bytes for c in ct])),
+        **_bytes(scenario, cluster, pipe, it),
     }
-    summary.update(_routing_stats(scenario, cluster, pipe))
+    summary.update(_routing_stats(it.chunk_times["base"], it.chunk_times["routing"], cluster))
     summary["comm_profile"] = profile.name
     result = TrainingResult(summary, [], link_rows(cluster, Fabric(simpy.Environment(), cluster,
                                                                     FabricOptions()), 1.0),
                             spans)
     return result, {}
+
+
+def _bytes(scenario, cluster, pipe: Pipeline, it: Iteration) -> dict:
+    """Bytes of the whole iteration between servers and inside them: every chunk's exchanges
+    for every micro-batch, the gradient reductions and the pipeline sends."""
+    rep, times, samples = it.chunk_times["rep"], it.chunk_times["times"], \
+        it.chunk_times["samples"]
+    inter = intra = a2a = 0.0
+    for k in range(len(pipe.chunk_layers)):
+        for mb in range(pipe.microbatches):
+            t = times[(rep[k], mb % samples)]
+            inter, intra = inter + t.inter_node_bytes, intra + t.intra_node_bytes
+            a2a += t.a2a_inter_node_bytes
+        tail, plain = it.tails[rep[k]], times[(rep[k], (pipe.microbatches - 1) % samples)]
+        inter += tail.inter_node_bytes - plain.inter_node_bytes
+        intra += tail.intra_node_bytes - plain.intra_node_bytes
+    n = pipe.stage_gpus
+    if pipe.par.pp > 1:
+        base = it.chunk_times["base"]
+        sends = 2 * pipe.microbatches * (len(pipe.chunk_layers) - 1) * n
+        per = base.tokens * base.shape.hidden * scenario.training.dtype_bytes
+        crosses = bool(cluster.node_of[0] != cluster.node_of[n])
+        inter += sends * per if crosses else 0.0
+        intra += 0.0 if crosses else sends * per
+    return {"inter_node_bytes": inter, "intra_node_bytes": intra, "a2a_inter_node_bytes": a2a}
 
 
 def _exposed(tl: Timeline, it: Iteration) -> tuple[float, float, float]:
@@ -444,9 +477,32 @@ def schedule_rows(tl: Timeline) -> list[dict]:
             for stage, op, start, end in tl.ops]
 
 
-def _routing_stats(scenario, cluster, pipe: Pipeline) -> dict:
-    """Drop, padding and balance statistics of the first sample's routing on one stage."""
-    return {}
+def _routing_stats(base, samples: list, cluster) -> dict:
+    """Drop, padding and balance statistics of the routed layers of every sample (one stage's
+    GPUs), as the step's summary counts them."""
+    layers = [routing[i] for routing, only in samples for i in sorted(only)]
+    if not layers:
+        return {"drop_fraction": 0.0, "padding_fraction": 0.0, "fill_in_fraction": 0.0,
+                "no_expert_fraction": 0.0, "local_rectified_fraction": 0.0,
+                "expert_load_imbalance": 1.0, "capacity_slots": None,
+                "node_local_fraction": 0.0}
+    routed = sum(float(r.routed.sum()) for r in layers)
+    kept = sum(float(r.kept.sum()) for r in layers)
+    filled = sum(float(r.filled.sum()) for r in layers)
+    sent = sum(float(r.slots.sum()) for r in layers)
+    tokens = base.tokens * base.layout.gpus * len(layers)
+    inp = replace(base, routing=layers, shape=replace(
+        base.shape, moe_layers=(True,) * len(layers)))
+    out = {"drop_fraction": (routed - kept) / routed if routed else 0.0,
+           "padding_fraction": (sent - kept - filled) / sent if sent else 0.0,
+           "fill_in_fraction": filled / sent if sent else 0.0,
+           "no_expert_fraction": sum(float(r.no_expert.sum()) for r in layers) / tokens,
+           "local_rectified_fraction": sum(float(r.local.sum()) for r in layers) / tokens,
+           "expert_load_imbalance": float(np.mean([r.imbalance for r in layers])),
+           "capacity_slots": layers[0].capacity}
+    if base.layout.placement is None:
+        out.update(locality(inp, cluster.node_of))
+    return out
 
 
 def _throughput(scenario, cluster, dims: ModelDims, pipe: Pipeline, iteration_s: float) -> dict:

@@ -75,7 +75,9 @@ def build_pipeline(scenario, gpus: int, where: str = "",
         raise UserError(f"{where}parallel.tensor_model_parallel_size: must divide the {stage} "
                         f"GPUs of a pipeline stage (got {tp})")
     schedule = tr.pipeline_schedule or ("interleaved" if vpp > 1 else "1f1b")
-    SCHEDULES.get(schedule)  # an unknown name lists the registered ones
+    if schedule not in SCHEDULES:
+        raise UserError(f"{where}training.pipeline_schedule: unknown schedule {schedule!r}; "
+                        f"available: {', '.join(SCHEDULES.names())}")
     if schedule == "interleaved" and vpp < 2:
         raise UserError(f"{where}training.pipeline_schedule: interleaved needs "
                         "parallel.virtual_pipeline_model_parallel_size >= 2 (got "

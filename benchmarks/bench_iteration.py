@@ -1,0 +1,143 @@
+"""Wall time and peak memory of whole training iterations, and the error of the shortcut that
+makes them fast.
+
+* ``--scenarios``: the shipped iteration scenarios (default: the Mixtral-8x22B one on 128 H100
+  and the DeepSeek-V3 one on 2048 H800), each in its own process: wall seconds (loading,
+  routing, every chunk simulated on the fabric, the schedule, the summary; not the report
+  files) and peak resident memory. Targets, fixed before the run: Mixtral-8x22B under 30 s,
+  DeepSeek-V3 under 5 minutes and 8 GB.
+* ``--all``: every shipped training scenario (target: under 10 s each).
+* The shortcut: an iteration times ``representative_microbatches`` routing samples per model
+  chunk and reuses chunks of the same layer kinds (``sim.training.iteration``). Against
+  simulating every micro-batch of every chunk on its own routing, on a scaled-down Mixtral-like
+  pipeline where both run (16 H100, TP2 PP4 EP4, 16 layers, 16 micro-batches, skewed gating):
+  the iteration time must agree within 1 % (target fixed before the run).
+
+    python benchmarks/bench_iteration.py                  # both scenarios and the shortcut
+    python benchmarks/bench_iteration.py --all            # every training scenario's wall time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ("train-mixtral-8x22b-h100", "train-deepseek-v3-h800")
+SHORTCUT_TOLERANCE = 0.01
+#: What each run's source publishes: (summary field, value, where it is stated).
+PUBLISHED = {
+    "train-mixtral-8x22b-h100": ("tflops", 445.0, "TFLOP/s/GPU, Megatron-Core's recipe "
+                                 "comments, dropless"),
+    "train-deepseek-v3-h800": ("tokens_gpu", 1543.0, "tokens/s/GPU, DeepSeek-V3 report Sec. "
+                               "1: 180K H800 GPU hours per trillion tokens"),
+}
+
+
+def run_case(name: str) -> dict:
+    from sim.moe.run import run_training
+    from sim.scenario.load import load_scenario, topology_overrides
+    from sim.topology import load_topology
+
+    t0 = time.perf_counter()
+    sc = load_scenario(ROOT / "scenarios" / f"{name}.yaml")
+    s = run_training(sc, load_topology(*topology_overrides(sc))).summary
+    return {"wall_s": time.perf_counter() - t0, "iteration_s": s["iteration_time_s"],
+            "tflops": s["tflops_per_gpu"], "tokens_gpu": s["tokens_per_s_per_gpu"],
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def shortcut_scenario(full: bool) -> dict:
+    """The scaled-down pipeline; ``full``: every micro-batch of every chunk simulated."""
+    return {
+        "name": "bench-shortcut", "seed": 0, "topology": {"name": "h100-leaf-spine", "nodes": 2},
+        "model": {"hidden_size": 2048, "ffn_hidden_size": 5632, "num_layers": 16,
+                  "num_attention_heads": 16, "num_query_groups": 4, "seq_length": 2048,
+                  "micro_batch_size": 1, "gated_linear_unit": True, "vocab_size": 32768},
+        "moe": {"num_experts": 8, "moe_router_topk": 2},
+        "parallel": {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 4,
+                     "expert_model_parallel_size": 2},
+        "training": {"global_batch_size": 32, "use_distributed_optimizer": True,
+                     "representative_microbatches": 16 if full else 4,
+                     "reuse_equivalent_chunks": not full},
+        "gating": {"popularity_skew": 0.5},
+    }
+
+
+def shortcut() -> dict:
+    from sim.moe.run import run_training
+    from sim.scenario.schema import Scenario
+    from sim.topology import load_topology
+
+    out = {}
+    for full in (True, False):
+        sc = Scenario.model_validate(shortcut_scenario(full))
+        t0 = time.perf_counter()
+        s = run_training(sc, load_topology("h100-leaf-spine", {"nodes": 2})).summary
+        out["full" if full else "shortcut"] = {"iteration_s": s["iteration_time_s"],
+                                               "wall_s": time.perf_counter() - t0}
+    out["error"] = out["shortcut"]["iteration_s"] / out["full"]["iteration_s"] - 1
+    return out
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenarios", default=",".join(DEFAULT),
+                    help="comma-separated shipped scenario names")
+    ap.add_argument("--all", action="store_true", help="every shipped training scenario")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--shortcut", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case)))
+        return
+    if args.shortcut:
+        print(json.dumps(shortcut()))
+        return
+    names = args.scenarios.split(",")
+    if args.all:
+        import yaml
+
+        names = sorted(p.stem for p in (ROOT / "scenarios").glob("*.yaml")
+                       if "model" in (yaml.safe_load(p.read_text()) or {})
+                       and "serving" not in yaml.safe_load(p.read_text()))
+    print("| scenario | wall s | peak MiB | iteration s | TFLOP/s/GPU | tokens/s/GPU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    published = []
+    for name in names:
+        r = _child("--case", name)
+        print(f"| {name} | {r['wall_s']:.1f} | {r['peak_mib']:.0f} | {r['iteration_s']:.3f} | "
+              f"{r['tflops']:.0f} | {r['tokens_gpu']:.0f} |", flush=True)
+        if name in PUBLISHED:
+            key, value, what = PUBLISHED[name]
+            published.append(f"| {name} | {what} | {value:.0f} | {r[key]:.0f} | "
+                             f"{r[key] / value - 1:+.1%} |")
+    if published:
+        print("\n| scenario | published figure | published | simulated | "
+              "simulated / published - 1 |")
+        print("|---|---|---:|---:|---:|")
+        print("\n".join(published))
+    if args.all:
+        return
+    r = _child("--shortcut")
+    ok = abs(r["error"]) <= SHORTCUT_TOLERANCE
+    print(f"\nshortcut (4 samples, equivalent chunks reused) against every micro-batch in full: "
+          f"{r['shortcut']['iteration_s'] * 1e3:.2f} vs {r['full']['iteration_s'] * 1e3:.2f} ms "
+          f"({r['error']:+.2%}; wall {r['shortcut']['wall_s']:.1f} vs "
+          f"{r['full']['wall_s']:.1f} s): within {SHORTCUT_TOLERANCE:.0%} "
+          f"{'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
