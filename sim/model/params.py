@@ -7,7 +7,8 @@ d_kv = d x kv_heads / heads: grouped-query attention; with multi-head latent att
 down- and up-projections instead, :attr:`Shape.attention_params`); an MoE layer adds its router
 (d x E), its shared experts and E experts, a dense layer its FFN. An FFN (a dense one, or one
 expert) has two weight matrices, three with a gated linear unit (SwiGLU): (2 or 3) x d x ffn.
-Norms and biases are left out (under 0.1 % of any shipped model). The embedding is tied (one vocab x d matrix).
+Norms and biases are left out (under 0.1 % of any shipped model). The embedding is tied (one
+vocab x d matrix).
 """
 
 from __future__ import annotations
