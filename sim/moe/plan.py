@@ -95,6 +95,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     if gating.trace is not None:
         return _plan_from_trace(scenario, layout, gpu_node, microbatch)
     n_moe = sum(model.moe_layers())
+    if n_moe == 0:  # a dense model: nothing to route
+        return []
     tokens = model.micro_batch_size * model.seq_length // layout.tp  # sequence-parallel shard
     e, k = moe.num_experts, moe.moe_router_topk
     gen = GateGenerator(n_moe, e, GateConfig.from_settings(gating), scenario.seed)

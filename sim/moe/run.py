@@ -75,7 +75,8 @@ def step_inputs(scenario, cluster: Cluster, source: str = "", progress=None,
         gpu_node=cluster.node_of[:layout.gpus], local_rank=cluster.local_rank[:layout.gpus],
         compute=compute, gemm_dtype=tr.gemm_dtype,
         shared_ffn=shape.shared_ffn, shared_overlap=moe.moe_shared_expert_overlap,
-        mla=shape.mla, fp8_dispatch=tr.fp8_dispatch)
+        mla=shape.mla, fp8_dispatch=tr.fp8_dispatch,
+        grad_collective="reduce_scatter" if tr.use_distributed_optimizer else "all_reduce")
 
 
 def _check_dispatcher(scenario, layout: Layout, where: str) -> None:

@@ -16,7 +16,8 @@ them, and a ReduceScatter returns the outputs before the combine. ``a2a_algorith
 ``bilevel`` (SMILE: straight to the source's local rank on the destination node, then inside that
 node) send dispatch and combine in stages (``sim.collectives.hierarchical_stages``), each GPU
 moving on to the next stage when it has received everything of the previous one.
-Gradients are reduced by pipelined ring AllReduce (``sim.moe.gradients``): with
+Gradients are reduced by pipelined ring AllReduce, or ReduceScatter under the distributed
+optimizer (``sim.moe.gradients``): with
 ``overlap_grad_reduce`` each layer's reduction starts as soon as the last GPU has finished that
 layer's backward, else all of it after the backward pass.
 The step ends when the last GPU is done and every reduction has finished.
@@ -62,6 +63,7 @@ class StepInputs:
     shared_overlap: bool = False  # shared experts computed while the dispatch is in flight
     mla: object | None = None  # sim.training.dims.MlaDims: multi-head latent attention
     fp8_dispatch: bool = False  # alltoall dispatcher: dispatch in FP8 (+ scales)
+    grad_collective: str = "all_reduce"  # "reduce_scatter" under the distributed optimizer
 
 
 @dataclass
@@ -87,7 +89,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None,
     work = step_work(inp, fabric.cluster.gpu)
     out = StepTimes()
     out.layer_times = yield from forward(clocks, inp, work, progress)
-    grads = GradientReduction(clocks, inp)
+    grads = GradientReduction(clocks, inp, inp.grad_collective)
     reductions = yield from backward(clocks, inp, work, grads, progress)
     backward_end = float(clocks.ready.max())
     yield fabric.env.all_of(reductions)

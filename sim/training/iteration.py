@@ -154,11 +154,14 @@ def memory(scenario, dims: ModelDims, pipe: Pipeline, inflight=None) -> list[dic
     if inflight is None:
         inflight = layers_in_flight(pipe)
     # no dropout: MoE recipes (Mixtral's, DeepSeek-V3's) train without it
+    ends = None
+    if pipe.schedule == "dualpipe":  # ranks 0 and pp-1 each hold the first and the last chunk
+        ends = [(s in (0, par.pp - 1),) * 2 for s in range(par.pp)]
     return mem.stage_memory(
         dims, par, pipe.micro_batch_size, stages=[pipe.stage_layers(s) for s in range(par.pp)],
         layers_in_flight=inflight, recompute=tr.recompute_granularity,
         distributed_optimizer=tr.use_distributed_optimizer, dtype_bytes=tr.dtype_bytes,
-        grad_bytes=tr.grad_dtype_bytes, dropout=False)
+        grad_bytes=tr.grad_dtype_bytes, dropout=False, ends=ends)
 
 
 def layers_in_flight(pipe: Pipeline, timeline: Timeline | None = None) -> list[float]:
@@ -208,8 +211,11 @@ def optimizer_time_s(scenario, cluster, profile, pipe: Pipeline) -> float:
     dims = model_dims(scenario)
     par, tr = pipe.par, scenario.training
     worst = 0.0
+    dual = pipe.schedule == "dualpipe"
     for s in range(par.pp):
-        p = mem.stage_params(dims, par, pipe.stage_layers(s), s == 0, s == par.pp - 1)
+        end = s in (0, par.pp - 1)
+        p = mem.stage_params(dims, par, pipe.stage_layers(s), end if dual else s == 0,
+                             end if dual else s == par.pp - 1)
         dense, expert = p["dense_params"], p["expert_params"]
         if tr.use_distributed_optimizer:
             dense, expert = dense / par.dp, expert / par.edp
@@ -309,20 +315,23 @@ def overlapped_s(f, b, slow: float) -> float:
 
 
 def pair_steady_state(plan: Plan) -> Plan:
-    """``plan`` with every forward followed directly by a backward on a stage merged into one
-    overlapped ``FB`` op (Megatron-Core's 1F1B all-to-all overlap)."""
+    """``plan`` with each backward on a stage merged with the next forward after it in the
+    stage's order into one overlapped ``FB`` op (Megatron-Core's 1F1B all-to-all overlap,
+    which warms up with one forward more so that a pair never holds a forward and the backward
+    waiting for it: on the last stage F0, F1&B0, F2&B1, ..., B(m-1)). Backwards with no
+    forward left after them stay alone."""
     ops = []
     for stage_ops in plan.ops:
-        out, i = [], 0
-        while i < len(stage_ops):
-            a = stage_ops[i]
-            b = stage_ops[i + 1] if i + 1 < len(stage_ops) else None
-            if a.kind == "F" and b is not None and b.kind == "B":
-                out.append(Op("FB", a.mb, a.chunk, b.mb, b.chunk))
-                i += 2
+        rest = list(stage_ops)
+        out = []
+        while rest:
+            a = rest.pop(0)
+            nxt = next((j for j, o in enumerate(rest) if o.kind == "F"), None)
+            if a.kind == "B" and nxt is not None:
+                f = rest.pop(nxt)
+                out.append(Op("FB", f.mb, f.chunk, a.mb, a.chunk))
             else:
                 out.append(a)
-                i += 1
         ops.append(tuple(out))
     return replace(plan, ops=tuple(ops))
 
@@ -395,7 +404,7 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
         "a2a_time_s": ep, "a2a_fraction": ep / iteration if iteration else 0.0,
         "compute_time_s": comp, "tp_time_s": tpc, "allreduce_time_s": dp_exposed,
         "p2p_time_s": it.chunk_times["hop"],
-        "gpus": cluster.num_gpus, "critical_gpu": 0,
+        "gpus": cluster.num_gpus,
         **_bytes(scenario, cluster, pipe, it),
     }
     summary.update(_routing_stats(it.chunk_times["base"], it.chunk_times["routing"], cluster))

@@ -428,13 +428,15 @@ def stage_memory(dims: ModelDims, par: ParallelDims, micro_batch_size: int, *,
                  sequence_parallel: bool = True, distributed_optimizer: bool = True,
                  copies: int = 1, param_bytes: float = 2, grad_bytes: float = 4,
                  dtype_bytes: float = 2, dropout: bool = True,
-                 reserve_bytes: float = FRAMEWORK_RESERVE_BYTES) -> list[dict[str, float]]:
+                 reserve_bytes: float = FRAMEWORK_RESERVE_BYTES,
+                 ends: Sequence[tuple[bool, bool]] | None = None) -> list[dict[str, float]]:
     """Memory per GPU of each pipeline rank, keys :data:`STAGE_KEYS`. ``stages``: the layers of
     each rank (default :func:`pipeline_layers`); rank 0 holds the embedding, rank ``pp - 1``
     the output layer. ``layers_in_flight``: a schedule's peak (micro-batch, layer) activations
     per rank (default :func:`default_layers_in_flight`), times the mean per-layer activation of
     the rank's layers (exact when a rank's layers are alike or each in-flight micro-batch holds
-    all of them)."""
+    all of them). ``ends``: per rank, (holds the embedding, holds the output layer); default
+    rank 0 and rank pp - 1 (DualPipe: both ends on each of them)."""
     _check_layers(dims)
     stages = [list(s) for s in (pipeline_layers(dims, par) if stages is None else stages)]
     if len(stages) != par.pp:
@@ -443,7 +445,7 @@ def stage_memory(dims: ModelDims, par: ParallelDims, micro_batch_size: int, *,
         raise ValueError(f"layers_in_flight: {len(layers_in_flight)} counts for pp={par.pp}")
     out = []
     for rank, layers in enumerate(stages):
-        first, last = rank == 0, rank == par.pp - 1
+        first, last = (rank == 0, rank == par.pp - 1) if ends is None else ends[rank]
         params = stage_params(dims, par, layers, first, last)
         state = state_bytes(params["dense_params"], params["expert_params"], par,
                             distributed_optimizer, param_bytes, grad_bytes, copies)

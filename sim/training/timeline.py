@@ -142,8 +142,9 @@ def run(plan: Plan, duration: Duration, p2p: P2p) -> Timeline:
                     ready = f_ready(s, op.mb, op.chunk)
                 elif kind in ("B", "I"):
                     ready = b_ready(s, op.mb, op.chunk)
-                elif kind == "FB":
-                    ready = max(f_ready(s, op.mb, op.chunk), b_ready(s, op.mb_b, op.chunk_b))
+                elif kind == "FB":  # both inputs; nan (not computed yet) if either is
+                    fr, br = f_ready(s, op.mb, op.chunk), b_ready(s, op.mb_b, op.chunk_b)
+                    ready = nan if fr != fr or br != br else max(fr, br)
                 else:  # W: after its I, which is earlier on this stage
                     ready = 0.0
                 if ready != ready:  # nan: an input is not computed yet
