@@ -49,7 +49,6 @@ from sim.metrics import Span
 from sim.moe.run import (
     TrainingResult,
     _check_gemm_dtype,
-    link_rows,
     locality,
     plan_routing,
     run_step,
@@ -152,7 +151,7 @@ def memory(scenario, dims: ModelDims, pipe: Pipeline, inflight=None) -> list[dic
     every chunk's ops taking equal time."""
     tr, par = scenario.training, pipe.par
     if inflight is None:
-        inflight = layers_in_flight(pipe)
+        inflight = layers_in_flight(pipe, overlap=tr.overlap_moe_expert_parallel_comm)
     # no dropout: MoE recipes (Mixtral's, DeepSeek-V3's) train without it
     ends = None
     if pipe.schedule == "dualpipe":  # ranks 0 and pp-1 each hold the first and the last chunk
@@ -164,11 +163,15 @@ def memory(scenario, dims: ModelDims, pipe: Pipeline, inflight=None) -> list[dic
         grad_bytes=tr.grad_dtype_bytes, dropout=False, ends=ends)
 
 
-def layers_in_flight(pipe: Pipeline, timeline: Timeline | None = None) -> list[float]:
+def layers_in_flight(pipe: Pipeline, timeline: Timeline | None = None,
+                     overlap: bool = False) -> list[float]:
     """Per stage, the peak of (micro-batch, layer) activations held (forward done, backward
-    not), from ``timeline`` or the plan timed with unit ops."""
+    not), from ``timeline`` or the plan timed with unit ops (``overlap``: with the 1F1B
+    all-to-all overlap's pairs, one forward more in flight)."""
     if timeline is None:
         plan = build(pipe.schedule, pipe.par.pp, pipe.par.vpp, pipe.microbatches)
+        if overlap and pipe.schedule != "dualpipe":
+            plan = pair_steady_state(plan)
         timeline = run(plan, lambda s, op: 1.0, lambda *a: 0.0)
     plan = timeline.plan
     weights = np.zeros((plan.pp, plan.local_chunks))
@@ -409,9 +412,8 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
     }
     summary.update(_routing_stats(it.chunk_times["base"], it.chunk_times["routing"], cluster))
     summary["comm_profile"] = profile.name
-    result = TrainingResult(summary, [], link_rows(cluster, Fabric(simpy.Environment(), cluster,
-                                                                    FabricOptions()), 1.0),
-                            spans)
+    # no per-link or per-layer rows: a pipelined iteration's chunks run on separate fabrics
+    result = TrainingResult(summary, [], [], spans)
     return result, {}
 
 
