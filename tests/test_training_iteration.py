@@ -575,6 +575,13 @@ BAD = {
     "unknown_schedule": ({"training": {"pipeline_schedule": "zb-v"}},
                          ["training.pipeline_schedule", "'zb-v'",
                           ", ".join(SCHEDULES.names())]),
+    "dualpipe_too_few_microbatches": ({"parallel": {"pipeline_model_parallel_size": 2,
+                                                    "expert_model_parallel_size": 4},
+                                       "model": {"num_layers": 4},
+                                       "training": {"pipeline_schedule": "dualpipe",
+                                                    "global_batch_size": 8}},
+                                      ["training.pipeline_schedule", "dualpipe",
+                                       "2 micro-batches", ">= 2 pp = 4"]),
     "memory": (BIG, ["memory: pipeline stage 0 needs", "GiB per GPU", "h100_sxm has 80 GiB",
                      "training.allow_oom"]),
 }

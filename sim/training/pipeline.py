@@ -95,7 +95,15 @@ def build_pipeline(scenario, gpus: int, where: str = "",
     chunks = _chunk_layers(model.num_layers, pp, 1 if schedule == "dualpipe" else vpp,
                            par.decoder_first_pipeline_num_layers,
                            par.decoder_last_pipeline_num_layers, where)
-    return Pipeline(par_dims, chunks, gbs // (mbs * par_dims.dp), schedule, gbs, mbs)
+    m = gbs // (mbs * par_dims.dp)
+    try:  # the schedule's own rules (DualPipe: even stages, at least 2 pp micro-batches, ...)
+        SCHEDULES.get(schedule)(pp, vpp, m)
+    except UserError as e:
+        raise UserError(f"{where}training.pipeline_schedule: {schedule} cannot run "
+                        f"pipeline_model_parallel_size {pp} with {m} micro-batches "
+                        "(training.global_batch_size / (micro_batch_size x data-parallel "
+                        f"size)): {e}") from None
+    return Pipeline(par_dims, chunks, m, schedule, gbs, mbs)
 
 
 def _chunk_layers(layers: int, pp: int, vpp: int, first: int | None, last: int | None,
