@@ -474,10 +474,16 @@ def _exposed(tl: Timeline, it: Iteration) -> tuple[float, float, float]:
 
 
 def _schedule_spans(tl: Timeline, pipe: Pipeline) -> list[Span]:
-    """Timeline spans of the schedule: one lane per stage (its first GPU), one span per op."""
+    """Timeline spans of the schedule: one lane per stage (its first GPU), one span per op,
+    ``layer`` the model chunk, ``phase`` the op and its micro-batch(es) (``F mb 3``,
+    ``FB mb 5 / mb 2``)."""
     names = {"F": "forward", "B": "backward", "I": "backward", "W": "backward",
              "FB": "forward+backward"}
-    return [Span(stage * pipe.stage_gpus, names[op.kind], op.kind, op.chunk, start, end)
+
+    def phase(op: Op) -> str:
+        return f"{op.kind} mb {op.mb}" + (f" / mb {op.mb_b}" if op.kind == "FB" else "")
+
+    return [Span(stage * pipe.stage_gpus, names[op.kind], phase(op), op.chunk, start, end)
             for stage, op, start, end in tl.ops]
 
 
