@@ -667,3 +667,49 @@ def test_recompute_costs_time_and_saves_memory(training_scenario, dgx):
     sel0 = res["selective"].tables["stages"][0]["activations_bytes"] / (2 * 2)
     assert res["full"].tables["stages"][0]["activations_bytes"] == pytest.approx(
         2 * 2 * SEQ * H * DTYPE + sel0, rel=1e-12)
+
+
+# --- timing blocks -----------------------------------------------------------------------------
+
+def test_timing_blocks_of_a_whole_chunk_change_nothing(training_scenario, dgx):
+    base = run_training(training_scenario(**PIPELINED_MOE), dgx).summary
+    whole = {**PIPELINED_MOE, "training": {**PIPELINED_MOE["training"],
+                                           "timing_block_layers": 2}}  # 2 layers per chunk
+    blocked = run_training(training_scenario(**whole), dgx).summary
+    assert blocked["iteration_time_s"] == base["iteration_time_s"]
+    assert blocked["intra_node_bytes"] == base["intra_node_bytes"]
+
+
+def test_timing_blocks_of_identical_dense_layers_add_up_exactly(training_scenario, dgx):
+    # no exchange inside a layer (tp 1, no MoE): a chunk's passes are its layers' compute, so
+    # one layer timed once and counted per layer gives the same pipeline, to rounding
+    sections = dense(8, 2, 4)
+    full = run_training(training_scenario(**sections), dgx).summary
+    sections["training"] = {**sections["training"], "timing_block_layers": 1}
+    blocked = run_training(training_scenario(**sections), dgx).summary
+    assert blocked["pipeline_time_s"] == pytest.approx(full["pipeline_time_s"], rel=1e-12)
+    # the gradient tails of the blocks queue behind each other: never shorter than the chunk's
+    assert blocked["step_time_s"] >= full["pipeline_time_s"]
+
+
+def test_timing_blocks_route_and_simulate_only_representatives(training_scenario, dgx):
+    from sim.training import iteration
+
+    calls = []
+    real = iteration.time_chunk
+
+    def counting(factory, inp, profile, **kw):
+        calls.append(len(inp.shape.moe_layers))
+        return real(factory, inp, profile, **kw)
+
+    sections = {"model": {"num_layers": 8}, "fabric": EXACT,
+                "training": {"timing_block_layers": 2}}
+    iteration.time_chunk = counting
+    try:
+        res = run_training(training_scenario(**sections), dgx).summary
+    finally:
+        iteration.time_chunk = real
+    # one stage, one micro-batch: 4 blocks of 2 MoE layers, of which the first and the last
+    # (with the model's last layer) are timed, each once (the backward with the reduction)
+    assert calls == [2, 2]
+    assert res["step_time_s"] > 0

@@ -187,6 +187,10 @@ class Training(StrictModel):
     reuse_equivalent_chunks: bool = True
     """Time model chunks of the same layer kinds once per sample (stages are identical GPU
     blocks); False: every chunk on its own routing."""
+    timing_block_layers: int | None = Field(None, gt=0)
+    """Time each model chunk as blocks of at most this many consecutive layers, blocks of
+    the same layer kinds once per sample (with reuse_equivalent_chunks): a chunk's times are
+    its blocks' summed. None: whole chunks (one micro-batch on one stage: the step itself)."""
     allow_oom: bool = False
     """Run a layout that does not fit in the GPU's memory anyway (and report it) instead of
     refusing it."""

@@ -59,6 +59,7 @@ from sim.training import flops as flop_formula
 from sim.training import memory as mem
 from sim.training.chunks import (
     ChunkTime,
+    PassTime,
     chunk_inputs,
     core_time_s,
     gather_time_s,
@@ -109,7 +110,8 @@ def run_iteration(scenario, cluster, source: str = "", progress=None,
                         "anyway)")
     m, tr = scenario.model, scenario.training
     if (pipe.par.pp == 1 and pipe.microbatches == 1 and m.vocab_size is None
-            and m.mtp_num_layers == 0 and tr.recompute_granularity == "none"):
+            and m.mtp_num_layers == 0 and tr.recompute_granularity == "none"
+            and tr.timing_block_layers is None):
         result = run_step(scenario, cluster, source, progress, placement, profile)
         step = result.summary["step_time_s"]
         timeline = None
@@ -240,14 +242,19 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
                        plan=False)
     flags = base.shape.moe_layers
     chunks = len(pipe.chunk_layers)
-    rep: dict[int, int] = {}
-    first_of: dict[tuple, int] = {}
+    # timing units: each chunk's blocks of at most timing_block_layers layers (whole chunks
+    # by default), units of the same layer kinds timed once per sample
+    units = {k: _blocks(pipe.chunk_layers[k], tr.timing_block_layers) for k in range(chunks)}
+    rep: dict[tuple[int, int], tuple[int, int]] = {}
+    first_of: dict[tuple, tuple[int, int]] = {}
     for k in range(chunks):
-        sig = _signature(pipe, flags, k) if tr.reuse_equivalent_chunks else k
-        rep[k] = first_of.setdefault(sig, k)
+        for j, layers in enumerate(units[k]):
+            sig = ((tuple(flags[i] for i in layers), layers[-1] == len(flags) - 1)
+                   if tr.reuse_equivalent_chunks else (k, j))
+            rep[(k, j)] = first_of.setdefault(sig, (k, j))
     reps = sorted(set(rep.values()))
     index = np.cumsum(flags) - 1
-    only = {int(index[i]) for k in reps for i in pipe.chunk_layers[k] if flags[i]}
+    only = {int(index[i]) for k, j in reps for i in units[k][j] if flags[i]}
     samples = min(tr.representative_microbatches, pipe.microbatches)
     factory = _fabric_factory(scenario, cluster, profile)
     spec = cluster.gpu
@@ -256,25 +263,34 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
               if model.vocab_size else 0.0)
     core = core_time_s(base, spec) if tr.recompute_granularity == "selective" else 0.0
     collective = "reduce_scatter" if tr.use_distributed_optimizer else "all_reduce"
-    times: dict[tuple[int, int], ChunkTime] = {}
-    tails: dict[int, ChunkTime] = {}
+    unit_times: dict[tuple, ChunkTime] = {}
+    unit_tails: dict[tuple, ChunkTime] = {}
     samples_routing: list = []
+    last_sample = (pipe.microbatches - 1) % samples
     for r in range(samples):
         routing = (plan_routing(scenario, base.layout, cluster, source, None, r, only)
                    if only else [])
         samples_routing.append((routing, only))
-        for k in reps:
-            layers, last = pipe.chunk_layers[k], _signature(pipe, flags, k)[1]
+        for u in reps:
+            layers = units[u[0]][u[1]]
+            last = layers[-1] == len(flags) - 1
             if last:  # the MTP modules: a layer like the last (its routing) and their logits
                 layers = layers + (layers[-1],) * model.mtp_num_layers
             inp = chunk_inputs(base, layers, routing)
             kw = {"logits_s": logits * (1 + model.mtp_num_layers) if last else 0.0,
                   "recompute": tr.recompute_granularity, "core_s": core}
-            times[(k, r)] = time_chunk(factory, inp, profile, **kw)
-            if r == (pipe.microbatches - 1) % samples:
-                tails[k] = time_chunk(factory, inp, profile, grads=collective, **kw)
+            if r == last_sample:
+                unit_tails[u] = time_chunk(factory, inp, profile, grads=collective, **kw)
+            # one micro-batch: its only backward is the one with the reduction
+            unit_times[(u, r)] = (unit_tails[u] if pipe.microbatches == 1
+                                  else time_chunk(factory, inp, profile, **kw))
         if progress is not None:
             progress("micro-batch samples", r + 1, samples)
+    times = {(k, r): _combine([unit_times[(rep[(k, j)], r)] for j in range(len(units[k]))])
+             for k in range(chunks) for r in range(samples)}
+    tails = {k: _combine([unit_tails[rep[(k, j)]] for j in range(len(units[k]))],
+                         tr.overlap_grad_reduce) for k in range(chunks)}
+    rep = {k: k for k in range(chunks)}  # chunks are now timed each (from their units)
     plan = build(pipe.schedule, pipe.par.pp, pipe.par.vpp, pipe.microbatches)
     if tr.overlap_moe_expert_parallel_comm and pipe.schedule != "dualpipe":
         plan = pair_steady_state(plan)
@@ -289,6 +305,36 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
     return Iteration(pipe, plan, timeline, {"rep": rep, "times": times, "hop": hop,
                                             "slow": slow, "samples": samples,
                                             "routing": samples_routing, "base": base}, tails)
+
+
+def _blocks(layers: tuple[int, ...], size: int | None) -> list[tuple[int, ...]]:
+    """``layers`` cut into consecutive blocks of at most ``size`` (None: one block)."""
+    n = size or len(layers)
+    return [layers[i:i + n] for i in range(0, len(layers), n)]
+
+
+def _combine(parts: list[ChunkTime], overlap: bool = True) -> ChunkTime:
+    """A chunk's times from its blocks' (in layer order): passes and bytes add up; the
+    gradient tail is what the blocks' reductions leave after the chunk's backward, which runs
+    the blocks last to first, each block's leftover (``reduce_tail_s``) queued behind the
+    previous one's (one stream) and, with ``overlap``, starting at its own block's end."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def add(passes):
+        keys = passes[0].parts
+        return PassTime(sum(p.seconds for p in passes),
+                        {key: sum(p.parts[key] for p in passes) for key in keys})
+
+    fwd, bwd = add([p.fwd for p in parts]), add([p.bwd for p in parts])
+    finish, end = 0.0, 0.0
+    for p in reversed(parts):
+        end += p.bwd.seconds
+        finish = max(finish, end if overlap else bwd.seconds) + p.reduce_tail_s
+    return ChunkTime(fwd, bwd, max(finish - bwd.seconds, 0.0),
+                     sum(p.inter_node_bytes for p in parts),
+                     sum(p.intra_node_bytes for p in parts),
+                     sum(p.a2a_inter_node_bytes for p in parts))
 
 
 def op_time_s(op: Op, chunk_time, slow: float) -> float:
@@ -388,12 +434,15 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
                        plan=False)
     ag = 0.0
     if tr.use_distributed_optimizer:
-        per_chunk = [_gather(scenario, cluster, profile, base, pipe.chunk_layers[k])
-                     for k in sorted(set(rep.values()))]
-        gathers = {k: per_chunk[i] for i, k in enumerate(sorted(set(rep.values())))}
+        flags = base.shape.moe_layers
         stage0 = [k for k in range(len(pipe.chunk_layers)) if pipe.stage_of_chunk(k) == 0]
-        all_ag = sum(gathers[rep[k]] for k in stage0)
-        ag = gathers[rep[stage0[0]]] if tr.overlap_param_gather else all_ag
+        cache: dict[tuple, float] = {}  # chunks of the same layer kinds gather the same bytes
+        for k in stage0:
+            sig = _signature(pipe, flags, k)
+            if sig not in cache:
+                cache[sig] = _gather(scenario, cluster, profile, base, pipe.chunk_layers[k])
+        gathers = {k: cache[_signature(pipe, flags, k)] for k in stage0}
+        ag = gathers[stage0[0]] if tr.overlap_param_gather else sum(gathers.values())
     opt = optimizer_time_s(scenario, cluster, profile, pipe)
     iteration = fwd_bwd + ag + opt
     ep, tpc, comp = _exposed(tl, it)
