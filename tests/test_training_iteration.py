@@ -703,7 +703,7 @@ def test_timing_blocks_route_and_simulate_only_representatives(training_scenario
         return real(factory, inp, profile, **kw)
 
     sections = {"model": {"num_layers": 8}, "fabric": EXACT,
-                "training": {"timing_block_layers": 2}}
+                "training": {"timing_block_layers": 2, "reuse_equivalent_chunks": True}}
     iteration.time_chunk = counting
     try:
         res = run_training(training_scenario(**sections), dgx).summary

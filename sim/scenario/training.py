@@ -184,9 +184,11 @@ class Training(StrictModel):
     representative_microbatches: int = Field(4, ge=1)
     """Routing samples timed per model chunk; micro-batch i takes sample i mod this (each has
     its own routing). Equal to the micro-batches: every one timed."""
-    reuse_equivalent_chunks: bool = True
-    """Time model chunks of the same layer kinds once per sample (stages are identical GPU
-    blocks); False: every chunk on its own routing."""
+    reuse_equivalent_chunks: bool = False
+    """Time model chunks of the same layer kinds once per sample, on the first such chunk's
+    layers (stages are identical GPU blocks), instead of every chunk on its own routing:
+    faster, but layers differ (each has its own expert popularity), so it is off by default
+    (on Mixtral-8x22B it adds 3 %: ``benchmarks/bench_iteration.py``)."""
     timing_block_layers: int | None = Field(None, gt=0)
     """Time each model chunk as blocks of at most this many consecutive layers, blocks of
     the same layer kinds once per sample (with reuse_equivalent_chunks): a chunk's times are
