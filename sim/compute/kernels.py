@@ -257,6 +257,12 @@ def dense_layer_time_s(tokens, seq_len: int, hidden: int, heads: int, spec: GpuS
     return float(total)
 
 
+def mla_core_width(mla) -> int:
+    """Per-head width of an MLA attention core timed as a plain one: its FLOP are
+    2 t keys heads (qk + rope + v), a core of heads of their mean width."""
+    return (mla.qk_head_dim + mla.qk_pos_emb_head_dim + mla.v_head_dim) // 2
+
+
 def mla_attention_time_s(tokens: float, seq_len: int, hidden: int, heads: int, mla,
                          spec: GpuSpec, compute: ComputeProfile, *, tp: int = 1,
                          causal: bool = True, dtype_bytes: int = 2,
@@ -279,8 +285,7 @@ def mla_attention_time_s(tokens: float, seq_len: int, hidden: int, heads: int, m
     total += gemm(t, mla.kv_lora_rank + mla.qk_pos_emb_head_dim, hidden)
     total += gemm(t, heads_r * (mla.qk_head_dim + mla.v_head_dim), mla.kv_lora_rank)
     total += gemm(t, hidden, heads_r * mla.v_head_dim)
-    # the core's FLOP are 2 t keys heads (qk + v): a core of heads_r heads of their mean width
-    width = (qk + mla.v_head_dim) // 2
+    width = mla_core_width(mla)
     total += attention_core_time_s(t, seq_len, heads_r * width, heads_r, spec, compute,
                                    causal=causal, dtype_bytes=dtype_bytes)
     return float(total)

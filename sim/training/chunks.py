@@ -97,9 +97,10 @@ def time_chunk(fabric_factory, inp: StepInputs, profile, *, logits_s: float = 0.
     p = inp.layout.gpus
     clocks = GpuClocks(fabric, p, rec, inp.a2a_algorithm, model)
     work = step_work(inp, fabric.cluster.gpu)
-    env.process(_passes(clocks, inp, work, logits_s, recompute, core_s, grads, grad_bytes))
+    proc = env.process(_passes(clocks, inp, work, logits_s, recompute, core_s, grads,
+                               grad_bytes))
     env.run()
-    ends = clocks.result
+    ends = proc.value
     f_end, b_start, b_end = ends["fwd_end"], ends["bwd_start"], ends["bwd_end"]
     crit_f, crit_b = int(np.argmax(f_end)), int(np.argmax(b_end))
     fwd = PassTime(float(f_end.max()), _parts(rec.spans, crit_f, "fwd"))
@@ -111,7 +112,8 @@ def time_chunk(fabric_factory, inp: StepInputs, profile, *, logits_s: float = 0.
 
 def _passes(clocks: GpuClocks, inp: StepInputs, work, logits_s: float, recompute: str,
             core_s: float, grads: str | None, grad_bytes: int | None):
-    """SimPy process: forward, synchronise, backward (+ recompute, + reductions)."""
+    """SimPy process: forward, synchronise, backward (+ recompute, + reductions); returns the
+    forward's end, the backward's start and end per GPU."""
     yield from forward(clocks, inp, work)
     if logits_s:
         clocks.compute("attention", "fwd", -1, logits_s)
@@ -134,9 +136,9 @@ def _passes(clocks: GpuClocks, inp: StepInputs, work, logits_s: float, recompute
         reducer = GradientReduction(clocks, g_inp, grads)
     reductions = yield from backward(clocks, inp, work, reducer)
     b_end = clocks.ready.copy()
-    clocks.result = {"fwd_end": f_end, "bwd_start": start, "bwd_end": b_end}
     if reductions:
         yield clocks.fabric.env.all_of(reductions)
+    return {"fwd_end": f_end, "bwd_start": start, "bwd_end": b_end}
 
 
 def gather_time_s(fabric_factory, inp: StepInputs, profile, param_bytes: int = 2) -> float:
@@ -173,6 +175,36 @@ def core_time_s(inp: StepInputs, spec) -> float:
     heads_r = s.heads // tp
     width = s.hidden // s.heads
     if s.mla is not None:
-        width = (s.mla.qk_head_dim + s.mla.qk_pos_emb_head_dim + s.mla.v_head_dim) // 2
+        width = kernels.mla_core_width(s.mla)
     return float(kernels.attention_core_time_s(tokens, inp.seq_len, heads_r * width, heads_r,
                                                spec, inp.compute))
+
+
+def blocks(layers: tuple[int, ...], size: int | None) -> list[tuple[int, ...]]:
+    """``layers`` cut into consecutive blocks of at most ``size`` (None: one block)."""
+    n = size or len(layers)
+    return [layers[i:i + n] for i in range(0, len(layers), n)]
+
+
+def combine(parts: list[ChunkTime], overlap: bool = True) -> ChunkTime:
+    """A chunk's times from its blocks' (in layer order): passes and bytes add up; the
+    gradient tail is what the blocks' reductions leave after the chunk's backward, which runs
+    the blocks last to first, each block's leftover (``reduce_tail_s``) queued behind the
+    previous one's (one stream) and, with ``overlap``, starting at its own block's end."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def add(passes):
+        keys = passes[0].parts
+        return PassTime(sum(p.seconds for p in passes),
+                        {key: sum(p.parts[key] for p in passes) for key in keys})
+
+    fwd, bwd = add([p.fwd for p in parts]), add([p.bwd for p in parts])
+    finish, end = 0.0, 0.0
+    for p in reversed(parts):
+        end += p.bwd.seconds
+        finish = max(finish, end if overlap else bwd.seconds) + p.reduce_tail_s
+    return ChunkTime(fwd, bwd, max(finish - bwd.seconds, 0.0),
+                     sum(p.inter_node_bytes for p in parts),
+                     sum(p.intra_node_bytes for p in parts),
+                     sum(p.a2a_inter_node_bytes for p in parts))

@@ -36,7 +36,7 @@ does not model) is the training step of ``sim.moe.step`` plus the optimizer step
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
@@ -45,30 +45,32 @@ from sim.comm import load_profile
 from sim.comm.model import Model
 from sim.compute.roofline import DEFAULT_EFFICIENCY
 from sim.errors import UserError
-from sim.metrics import Span
-from sim.moe.run import (
-    TrainingResult,
-    _check_gemm_dtype,
-    locality,
-    plan_routing,
-    run_step,
-    step_inputs,
-)
+from sim.moe.run import TrainingResult, _check_gemm_dtype, plan_routing, run_step, step_inputs
 from sim.network import Fabric, FabricOptions
-from sim.training import flops as flop_formula
 from sim.training import memory as mem
 from sim.training.chunks import (
     ChunkTime,
-    PassTime,
+    blocks,
     chunk_inputs,
+    combine,
     core_time_s,
     gather_time_s,
     logits_time_s,
     time_chunk,
 )
 from sim.training.dims import ModelDims
+from sim.training.overlap import op_time_s, pair_steady_state
 from sim.training.pipeline import Pipeline, build_pipeline
-from sim.training.schedules import Op, Plan, build
+from sim.training.schedules import Plan, build
+from sim.training.summary import (
+    exposed_parts,
+    iteration_bytes,
+    memory_summary,
+    routing_stats,
+    schedule_rows,
+    schedule_spans,
+    throughput,
+)
 from sim.training.timeline import Timeline, run
 
 OPTIMIZER_BYTES_PER_PARAM = 30
@@ -76,13 +78,24 @@ OPTIMIZER_BYTES_PER_PARAM = 30
 
 @dataclass
 class Iteration:
-    """Everything the summary is made of."""
+    """A timed pipelined iteration: ``times[(k, r)]`` chunk k's times on routing sample r,
+    ``tails[k]`` its last backward with the gradient reduction, ``hop`` one pipeline send
+    (s), ``slow`` an overlapped pair's compute slow-down, ``routing`` per sample (its
+    LayerRoutings, the MoE layers routed), ``base`` the stage's step inputs."""
 
-    pipe: Pipeline
     plan: Plan
     timeline: Timeline
-    chunk_times: dict  # (representative chunk, sample) -> ChunkTime
-    tails: dict  # representative chunk -> ChunkTime with the gradient reduction
+    times: dict
+    tails: dict
+    samples: int
+    hop: float
+    slow: float
+    routing: list
+    base: object
+
+    def chunk_time(self, k: int, mb: int) -> ChunkTime:
+        """Chunk k's times for micro-batch mb (its routing sample)."""
+        return self.times[(k, mb % self.samples)]
 
 
 def run_iteration(scenario, cluster, source: str = "", progress=None,
@@ -122,8 +135,8 @@ def run_iteration(scenario, cluster, source: str = "", progress=None,
         timeline = it.timeline
     summary = result.summary
     summary.update(extra)
-    summary.update(_throughput(scenario, cluster, dims, pipe, summary["iteration_time_s"]))
-    summary.update(_memory_summary(stages_mem, cluster, fits))
+    summary.update(throughput(scenario, cluster, dims, pipe, summary["iteration_time_s"]))
+    summary.update(memory_summary(stages_mem, cluster, fits))
     stages = [{"stage": s, **row} for s, row in enumerate(stages_mem)]
     result.tables["stages"] = stages
     if timeline is not None:
@@ -155,14 +168,12 @@ def memory(scenario, dims: ModelDims, pipe: Pipeline, inflight=None) -> list[dic
     if inflight is None:
         inflight = layers_in_flight(pipe, overlap=tr.overlap_moe_expert_parallel_comm)
     # no dropout: MoE recipes (Mixtral's, DeepSeek-V3's) train without it
-    ends = None
-    if pipe.schedule == "dualpipe":  # ranks 0 and pp-1 each hold the first and the last chunk
-        ends = [(s in (0, par.pp - 1),) * 2 for s in range(par.pp)]
     return mem.stage_memory(
         dims, par, pipe.micro_batch_size, stages=[pipe.stage_layers(s) for s in range(par.pp)],
         layers_in_flight=inflight, recompute=tr.recompute_granularity,
         distributed_optimizer=tr.use_distributed_optimizer, dtype_bytes=tr.dtype_bytes,
-        grad_bytes=tr.grad_dtype_bytes, dropout=False, ends=ends)
+        grad_bytes=tr.grad_dtype_bytes, dropout=False,
+        ends=[pipe.ends(s) for s in range(par.pp)])
 
 
 def layers_in_flight(pipe: Pipeline, timeline: Timeline | None = None,
@@ -216,11 +227,8 @@ def optimizer_time_s(scenario, cluster, profile, pipe: Pipeline) -> float:
     dims = model_dims(scenario)
     par, tr = pipe.par, scenario.training
     worst = 0.0
-    dual = pipe.schedule == "dualpipe"
     for s in range(par.pp):
-        end = s in (0, par.pp - 1)
-        p = mem.stage_params(dims, par, pipe.stage_layers(s), end if dual else s == 0,
-                             end if dual else s == par.pp - 1)
+        p = mem.stage_params(dims, par, pipe.stage_layers(s), *pipe.ends(s))
         dense, expert = p["dense_params"], p["expert_params"]
         if tr.use_distributed_optimizer:
             dense, expert = dense / par.dp, expert / par.edp
@@ -230,10 +238,10 @@ def optimizer_time_s(scenario, cluster, profile, pipe: Pipeline) -> float:
     return worst * OPTIMIZER_BYTES_PER_PARAM / (cluster.gpu.hbm_bandwidth_Bps * eff)
 
 
-def _signature(pipe: Pipeline, moe_flags, k: int) -> tuple:
-    layers = pipe.chunk_layers[k]
-    last = layers[-1] == len(moe_flags) - 1
-    return tuple(moe_flags[i] for i in layers), last
+def _kinds(layers: tuple[int, ...], moe_flags) -> tuple:
+    """What makes layers time alike: their MoE flags, and whether the model's last is among
+    them (the logits, the MTP modules)."""
+    return tuple(moe_flags[i] for i in layers), layers[-1] == len(moe_flags) - 1
 
 
 def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress) -> Iteration:
@@ -244,13 +252,12 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
     chunks = len(pipe.chunk_layers)
     # timing units: each chunk's blocks of at most timing_block_layers layers (whole chunks
     # by default), units of the same layer kinds timed once per sample
-    units = {k: _blocks(pipe.chunk_layers[k], tr.timing_block_layers) for k in range(chunks)}
+    units = {k: blocks(pipe.chunk_layers[k], tr.timing_block_layers) for k in range(chunks)}
     rep: dict[tuple[int, int], tuple[int, int]] = {}
     first_of: dict[tuple, tuple[int, int]] = {}
     for k in range(chunks):
         for j, layers in enumerate(units[k]):
-            sig = ((tuple(flags[i] for i in layers), layers[-1] == len(flags) - 1)
-                   if tr.reuse_equivalent_chunks else (k, j))
+            sig = _kinds(layers, flags) if tr.reuse_equivalent_chunks else (k, j)
             rep[(k, j)] = first_of.setdefault(sig, (k, j))
     reps = sorted(set(rep.values()))
     index = np.cumsum(flags) - 1
@@ -286,103 +293,19 @@ def _pipelined(scenario, cluster, profile, pipe: Pipeline, source: str, progress
                                   else time_chunk(factory, inp, profile, **kw))
         if progress is not None:
             progress("micro-batch samples", r + 1, samples)
-    times = {(k, r): _combine([unit_times[(rep[(k, j)], r)] for j in range(len(units[k]))])
+    times = {(k, r): combine([unit_times[(rep[(k, j)], r)] for j in range(len(units[k]))])
              for k in range(chunks) for r in range(samples)}
-    tails = {k: _combine([unit_tails[rep[(k, j)]] for j in range(len(units[k]))],
-                         tr.overlap_grad_reduce) for k in range(chunks)}
-    rep = {k: k for k in range(chunks)}  # chunks are now timed each (from their units)
+    tails = {k: combine([unit_tails[rep[(k, j)]] for j in range(len(units[k]))],
+                        tr.overlap_grad_reduce) for k in range(chunks)}
     plan = build(pipe.schedule, pipe.par.pp, pipe.par.vpp, pipe.microbatches)
     if tr.overlap_moe_expert_parallel_comm and pipe.schedule != "dualpipe":
         plan = pair_steady_state(plan)
     hop = p2p_time_s(scenario, cluster, profile, pipe, base)
     sms = spec.num_sms or 1
     slow = sms / max(sms - tr.communication_sms, 1)
-
-    def duration(stage: int, op: Op) -> float:
-        return op_time_s(op, lambda k, mb: times[(rep[k], mb % samples)], slow)
-
-    timeline = run(plan, duration, lambda *a: hop)
-    return Iteration(pipe, plan, timeline, {"rep": rep, "times": times, "hop": hop,
-                                            "slow": slow, "samples": samples,
-                                            "routing": samples_routing, "base": base}, tails)
-
-
-def _blocks(layers: tuple[int, ...], size: int | None) -> list[tuple[int, ...]]:
-    """``layers`` cut into consecutive blocks of at most ``size`` (None: one block)."""
-    n = size or len(layers)
-    return [layers[i:i + n] for i in range(0, len(layers), n)]
-
-
-def _combine(parts: list[ChunkTime], overlap: bool = True) -> ChunkTime:
-    """A chunk's times from its blocks' (in layer order): passes and bytes add up; the
-    gradient tail is what the blocks' reductions leave after the chunk's backward, which runs
-    the blocks last to first, each block's leftover (``reduce_tail_s``) queued behind the
-    previous one's (one stream) and, with ``overlap``, starting at its own block's end."""
-    if len(parts) == 1:
-        return parts[0]
-
-    def add(passes):
-        keys = passes[0].parts
-        return PassTime(sum(p.seconds for p in passes),
-                        {key: sum(p.parts[key] for p in passes) for key in keys})
-
-    fwd, bwd = add([p.fwd for p in parts]), add([p.bwd for p in parts])
-    finish, end = 0.0, 0.0
-    for p in reversed(parts):
-        end += p.bwd.seconds
-        finish = max(finish, end if overlap else bwd.seconds) + p.reduce_tail_s
-    return ChunkTime(fwd, bwd, max(finish - bwd.seconds, 0.0),
-                     sum(p.inter_node_bytes for p in parts),
-                     sum(p.intra_node_bytes for p in parts),
-                     sum(p.a2a_inter_node_bytes for p in parts))
-
-
-def op_time_s(op: Op, chunk_time, slow: float) -> float:
-    """Seconds of one schedule op from its chunk's times (``chunk_time(chunk, mb)``)."""
-    if op.kind == "F":
-        return chunk_time(op.chunk, op.mb).fwd.seconds
-    if op.kind == "B":
-        return chunk_time(op.chunk, op.mb).bwd.seconds
-    if op.kind in ("I", "W"):  # a split backward: the weight gradients are half its compute
-        b = chunk_time(op.chunk, op.mb).bwd
-        w = b.parts["compute"] / 2
-        return w if op.kind == "W" else b.seconds - w
-    f = chunk_time(op.chunk, op.mb).fwd
-    b = chunk_time(op.chunk_b, op.mb_b).bwd
-    return overlapped_s(f, b, slow)
-
-
-def overlapped_s(f, b, slow: float) -> float:
-    """An overlapped F&B pair: each pass's expert-parallel exchanges under the other's compute
-    (slowed by the SMs the communication takes), tensor-parallel exchanges exposed, and no
-    faster than the two passes' own time without their EP parts."""
-    compute = f.parts["compute"] + b.parts["compute"]
-    ep = f.parts["ep"] + b.parts["ep"]
-    tp = f.parts["tp"] + b.parts["tp"]
-    rest = f.seconds + b.seconds - compute - ep - tp  # waits the parts do not name
-    return max(slow * compute, ep) + tp + max(rest, 0.0)
-
-
-def pair_steady_state(plan: Plan) -> Plan:
-    """``plan`` with each backward on a stage merged with the next forward after it in the
-    stage's order into one overlapped ``FB`` op (Megatron-Core's 1F1B all-to-all overlap,
-    which warms up with one forward more so that a pair never holds a forward and the backward
-    waiting for it: on the last stage F0, F1&B0, F2&B1, ..., B(m-1)). Backwards with no
-    forward left after them stay alone."""
-    ops = []
-    for stage_ops in plan.ops:
-        rest = list(stage_ops)
-        out = []
-        while rest:
-            a = rest.pop(0)
-            nxt = next((j for j, o in enumerate(rest) if o.kind == "F"), None)
-            if a.kind == "B" and nxt is not None:
-                f = rest.pop(nxt)
-                out.append(Op("FB", f.mb, f.chunk, a.mb, a.chunk))
-            else:
-                out.append(a)
-        ops.append(tuple(out))
-    return replace(plan, ops=tuple(ops))
+    it = Iteration(plan, None, times, tails, samples, hop, slow, samples_routing, base)
+    it.timeline = run(plan, lambda s, op: op_time_s(op, it.chunk_time, slow), lambda *a: hop)
+    return it
 
 
 def p2p_time_s(scenario, cluster, profile, pipe: Pipeline, base) -> float:
@@ -410,8 +333,6 @@ def p2p_time_s(scenario, cluster, profile, pipe: Pipeline, base) -> float:
 def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration):
     """The TrainingResult and iteration fields of a pipelined iteration."""
     tl, plan, tr = it.timeline, it.plan, scenario.training
-    rep, times = it.chunk_times["rep"], it.chunk_times["times"]
-    tails = it.tails
     # gradient tails: each stage's chunks in the order their last backward ends
     last_b: dict[tuple[int, int], float] = {}
     for stage, op, _, end in tl.ops:
@@ -423,30 +344,27 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
         mine = sorted((end, k) for (s, k), end in last_b.items() if s == stage)
         finish = 0.0
         for end, k in mine:
-            finish = max(finish, end) + tails[rep[k]].reduce_tail_s
+            finish = max(finish, end) + it.tails[k].reduce_tail_s
         stage_end[stage] = max(finish, max(e for _, _, _, e in tl.stage_ops(stage)))
     fwd_bwd = max(stage_end)
     dp_exposed = fwd_bwd - tl.makespan_s
-    no_p2p = run(plan, lambda s, op: op_time_s(
-        op, lambda k, mb: times[(rep[k], mb % it.chunk_times["samples"])],
-        it.chunk_times["slow"]), lambda *a: 0.0).makespan_s
-    base = step_inputs(scenario, cluster, compute=profile.compute, gpus=pipe.stage_gpus,
-                       plan=False)
+    no_p2p = run(plan, lambda s, op: op_time_s(op, it.chunk_time, it.slow),
+                 lambda *a: 0.0).makespan_s
     ag = 0.0
     if tr.use_distributed_optimizer:
-        flags = base.shape.moe_layers
+        flags = it.base.shape.moe_layers
         stage0 = [k for k in range(len(pipe.chunk_layers)) if pipe.stage_of_chunk(k) == 0]
         cache: dict[tuple, float] = {}  # chunks of the same layer kinds gather the same bytes
         for k in stage0:
-            sig = _signature(pipe, flags, k)
+            sig = _kinds(pipe.chunk_layers[k], flags)
             if sig not in cache:
-                cache[sig] = _gather(scenario, cluster, profile, base, pipe.chunk_layers[k])
-        gathers = {k: cache[_signature(pipe, flags, k)] for k in stage0}
-        ag = gathers[stage0[0]] if tr.overlap_param_gather else sum(gathers.values())
+                cache[sig] = _gather(scenario, cluster, profile, it.base, pipe.chunk_layers[k])
+        gathers = [cache[_kinds(pipe.chunk_layers[k], flags)] for k in stage0]
+        ag = gathers[0] if tr.overlap_param_gather else sum(gathers)
     opt = optimizer_time_s(scenario, cluster, profile, pipe)
     iteration = fwd_bwd + ag + opt
-    ep, tpc, comp = _exposed(tl, it)
-    spans = _schedule_spans(tl, pipe)
+    exposed = exposed_parts(tl, it.chunk_time, it.slow)
+    ep, tpc = exposed["ep"], exposed["tp"]
     summary = {
         "step_time_s": fwd_bwd, "iteration_time_s": iteration, "pipeline_time_s": tl.makespan_s,
         "optimizer_time_s": opt, "param_gather_time_s": ag,
@@ -454,146 +372,11 @@ def _pipelined_result(scenario, cluster, profile, pipe: Pipeline, it: Iteration)
         "exposed_comm_s": {"tp": tpc, "ep": ep, "pp": tl.makespan_s - no_p2p,
                            "dp": dp_exposed + ag},
         "a2a_time_s": ep, "a2a_fraction": ep / iteration if iteration else 0.0,
-        "compute_time_s": comp, "tp_time_s": tpc, "allreduce_time_s": dp_exposed,
-        "p2p_time_s": it.chunk_times["hop"],
-        "gpus": cluster.num_gpus,
-        **_bytes(scenario, cluster, pipe, it),
+        "compute_time_s": exposed["compute"], "tp_time_s": tpc, "allreduce_time_s": dp_exposed,
+        "p2p_time_s": it.hop, "gpus": cluster.num_gpus,
+        **iteration_bytes(scenario, cluster, pipe, it.chunk_time, it.tails, it.base),
     }
-    summary.update(_routing_stats(it.chunk_times["base"], it.chunk_times["routing"], cluster))
+    summary.update(routing_stats(it.base, it.routing, cluster))
     summary["comm_profile"] = profile.name
     # no per-link or per-layer rows: a pipelined iteration's chunks run on separate fabrics
-    result = TrainingResult(summary, [], [], spans)
-    return result, {}
-
-
-def _bytes(scenario, cluster, pipe: Pipeline, it: Iteration) -> dict:
-    """Bytes of the whole iteration between servers and inside them: every chunk's exchanges
-    for every micro-batch, the gradient reductions and the pipeline sends."""
-    rep, times, samples = it.chunk_times["rep"], it.chunk_times["times"], \
-        it.chunk_times["samples"]
-    inter = intra = a2a = 0.0
-    for k in range(len(pipe.chunk_layers)):
-        for mb in range(pipe.microbatches):
-            t = times[(rep[k], mb % samples)]
-            inter, intra = inter + t.inter_node_bytes, intra + t.intra_node_bytes
-            a2a += t.a2a_inter_node_bytes
-        tail, plain = it.tails[rep[k]], times[(rep[k], (pipe.microbatches - 1) % samples)]
-        inter += tail.inter_node_bytes - plain.inter_node_bytes
-        intra += tail.intra_node_bytes - plain.intra_node_bytes
-    n = pipe.stage_gpus
-    if pipe.par.pp > 1:
-        base = it.chunk_times["base"]
-        sends = 2 * pipe.microbatches * (len(pipe.chunk_layers) - 1) * n
-        per = base.tokens * base.shape.hidden * scenario.training.dtype_bytes
-        crosses = bool(cluster.node_of[0] != cluster.node_of[n])
-        inter += sends * per if crosses else 0.0
-        intra += 0.0 if crosses else sends * per
-    return {"inter_node_bytes": inter, "intra_node_bytes": intra, "a2a_inter_node_bytes": a2a}
-
-
-def _exposed(tl: Timeline, it: Iteration) -> tuple[float, float, float]:
-    """(EP, TP, compute) seconds of the busiest stage's ops, overlapped pairs counted by what
-    stays exposed."""
-    rep, times = it.chunk_times["rep"], it.chunk_times["times"]
-    samples, slow = it.chunk_times["samples"], it.chunk_times["slow"]
-    best = (-1.0, 0.0, 0.0, 0.0)
-    for stage in range(tl.plan.pp):
-        ep = tp = comp = 0.0
-        for _, op, _, _ in tl.stage_ops(stage):
-            if op.kind == "FB":
-                f = times[(rep[op.chunk], op.mb % samples)].fwd
-                b = times[(rep[op.chunk_b], op.mb_b % samples)].bwd
-                c = slow * (f.parts["compute"] + b.parts["compute"])
-                ep += max(f.parts["ep"] + b.parts["ep"] - c, 0.0)
-                tp += f.parts["tp"] + b.parts["tp"]
-                comp += c
-                continue
-            t = times[(rep[op.chunk], op.mb % samples)]
-            p = t.fwd.parts if op.kind == "F" else t.bwd.parts
-            share = 1.0 if op.kind in ("F", "B") else 0.5
-            if op.kind == "W":
-                comp += p["compute"] / 2
-                continue
-            ep += p["ep"]
-            tp += p["tp"]
-            comp += p["compute"] * share
-        if tl.busy_s[stage] > best[0]:
-            best = (tl.busy_s[stage], ep, tp, comp)
-    return best[1], best[2], best[3]
-
-
-def _schedule_spans(tl: Timeline, pipe: Pipeline) -> list[Span]:
-    """Timeline spans of the schedule: one lane per stage (its first GPU), one span per op,
-    ``layer`` the model chunk, ``phase`` the op and its micro-batch(es) (``F mb 3``,
-    ``FB mb 5 / mb 2``)."""
-    names = {"F": "forward", "B": "backward", "I": "backward", "W": "backward",
-             "FB": "forward+backward"}
-
-    def phase(op: Op) -> str:
-        return f"{op.kind} mb {op.mb}" + (f" / mb {op.mb_b}" if op.kind == "FB" else "")
-
-    return [Span(stage * pipe.stage_gpus, names[op.kind], phase(op), op.chunk, start, end)
-            for stage, op, start, end in tl.ops]
-
-
-def schedule_rows(tl: Timeline) -> list[dict]:
-    """One row per schedule op: stage, kind, micro-batch, model chunk, start and end (s)."""
-    return [{"stage": stage, "kind": op.kind, "microbatch": op.mb, "chunk": op.chunk,
-             "microbatch_b": op.mb_b, "chunk_b": op.chunk_b, "start_s": start, "end_s": end}
-            for stage, op, start, end in tl.ops]
-
-
-def _routing_stats(base, samples: list, cluster) -> dict:
-    """Drop, padding and balance statistics of the routed layers of every sample (one stage's
-    GPUs), as the step's summary counts them."""
-    layers = [routing[i] for routing, only in samples for i in sorted(only)]
-    if not layers:
-        return {"drop_fraction": 0.0, "padding_fraction": 0.0, "fill_in_fraction": 0.0,
-                "no_expert_fraction": 0.0, "local_rectified_fraction": 0.0,
-                "expert_load_imbalance": 1.0, "capacity_slots": None,
-                "node_local_fraction": 0.0}
-    routed = sum(float(r.routed.sum()) for r in layers)
-    kept = sum(float(r.kept.sum()) for r in layers)
-    filled = sum(float(r.filled.sum()) for r in layers)
-    sent = sum(float(r.slots.sum()) for r in layers)
-    tokens = base.tokens * base.layout.gpus * len(layers)
-    inp = replace(base, routing=layers, shape=replace(
-        base.shape, moe_layers=(True,) * len(layers)))
-    out = {"drop_fraction": (routed - kept) / routed if routed else 0.0,
-           "padding_fraction": (sent - kept - filled) / sent if sent else 0.0,
-           "fill_in_fraction": filled / sent if sent else 0.0,
-           "no_expert_fraction": sum(float(r.no_expert.sum()) for r in layers) / tokens,
-           "local_rectified_fraction": sum(float(r.local.sum()) for r in layers) / tokens,
-           "expert_load_imbalance": float(np.mean([r.imbalance for r in layers])),
-           "capacity_slots": layers[0].capacity}
-    if base.layout.placement is None:
-        out.update(locality(inp, cluster.node_of))
-    return out
-
-
-def _throughput(scenario, cluster, dims: ModelDims, pipe: Pipeline, iteration_s: float) -> dict:
-    """Tokens/s, TFLOP/s per GPU by Megatron-LM's formula and MFU against the BF16 peak."""
-    tokens = pipe.global_batch_size * scenario.model.seq_length
-    gpus = cluster.num_gpus
-    f = flop_formula.training_flops(dims, pipe.global_batch_size)
-    out = {"tokens_per_s": tokens / iteration_s if iteration_s else 0.0,
-           "tokens_per_s_per_gpu": tokens / iteration_s / gpus if iteration_s else 0.0,
-           "iteration_flops": f,
-           "tflops_per_gpu": flop_formula.tflops_per_gpu(f, iteration_s, gpus)
-           if iteration_s else 0.0,
-           "mfu": flop_formula.mfu(f, iteration_s, gpus, cluster.gpu.peak_bf16_flops)
-           if iteration_s else 0.0,
-           "global_batch_size": pipe.global_batch_size, "microbatches": pipe.microbatches,
-           "pipeline_schedule": pipe.schedule,
-           "parallel": {"tp": pipe.par.tp, "pp": pipe.par.pp, "vpp": pipe.par.vpp,
-                        "ep": pipe.par.ep, "etp": pipe.par.etp, "dp": pipe.par.dp,
-                        "edp": pipe.par.edp}}
-    return out
-
-
-def _memory_summary(stages: list[dict], cluster, fits) -> dict:
-    worst = max(range(len(stages)), key=lambda s: stages[s]["total_bytes"])
-    row = stages[worst]
-    return {"memory_per_gpu_bytes": {k[:-6]: v for k, v in row.items() if k.endswith("_bytes")},
-            "memory_stage": worst, "memory_fits": fits is None,
-            "hbm_bytes": cluster.gpu.hbm_gib * 2**30}
+    return TrainingResult(summary, [], [], schedule_spans(tl, pipe)), {}

@@ -43,6 +43,13 @@ class Pipeline:
         """The stage running model chunk ``k`` (for DualPipe: in the forward direction)."""
         return k % self.par.pp
 
+    def ends(self, s: int) -> tuple[bool, bool]:
+        """(holds the embedding, holds the output layer) of stage ``s``: stage 0 and the last;
+        under DualPipe both ends each hold the first and the last chunk."""
+        if self.schedule == "dualpipe":
+            return (s in (0, self.par.pp - 1),) * 2
+        return s == 0, s == self.par.pp - 1
+
     def stage_layers(self, s: int) -> list[int]:
         """Every layer stage ``s`` holds (DualPipe: both of its chunks)."""
         if self.schedule == "dualpipe":
