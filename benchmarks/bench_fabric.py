@@ -8,6 +8,10 @@ compared with the exact model (``rate_tolerance = 0``) where that is affordable
 
     python benchmarks/bench_fabric.py                      # 64 .. 1,024 GPUs
     python benchmarks/bench_fabric.py --gpus 64,256,1024,4096 --reference
+    python benchmarks/bench_fabric.py --gpus 64,256 --gap-us 1   # with a 1 us issue gap
+
+``--gap-us``: the per-message issue gap (``fabric.message_gap_us``), whose staggered starts
+the lazy rule lets wait for a solve (``sim.network.fabric``); 0 = off.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 BYTES_PER_RANK = 64 * 2**20
 
 
-def run_case(gpus: int, traffic: str, tol: float) -> dict:
+def run_case(gpus: int, traffic: str, tol: float, gap_us: float = 0.0) -> dict:
     """Simulate one All-to-All; returns the measurements as a dict."""
     from sim.collectives import run_collective
     from sim.collectives.traffic import uniform, zipf
@@ -37,7 +41,7 @@ def run_case(gpus: int, traffic: str, tol: float) -> dict:
     else:
         matrix = zipf(gpus, BYTES_PER_RANK, 1.1, stream(0, "traffic"))
     res = run_collective(cluster, "all_to_all", "direct", matrix,
-                         FabricOptions(rate_tolerance=tol))
+                         FabricOptions(rate_tolerance=tol, message_gap_s=gap_us * 1e-6))
     return {
         "gpus": gpus, "traffic": traffic, "tol": tol, "flows": res.stats.flows,
         "recomputes": res.stats.recomputes, "rounds": res.stats.filling_rounds,
@@ -46,9 +50,9 @@ def run_case(gpus: int, traffic: str, tol: float) -> dict:
     }
 
 
-def _subprocess(gpus: int, traffic: str, tol: float) -> dict:
+def _subprocess(gpus: int, traffic: str, tol: float, gap_us: float) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--case", f"{gpus},{traffic},{tol}"],
+        [sys.executable, __file__, "--case", f"{gpus},{traffic},{tol},{gap_us}"],
         check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -62,27 +66,28 @@ def main() -> None:
                     help="compare skewed cases with the exact model up to this many GPUs")
     ap.add_argument("--reference", action="store_true",
                     help="above that, compare with tol/10 (slow: minutes at 1,024 GPUs)")
+    ap.add_argument("--gap-us", type=float, default=0.0, help="issue gap per message, us")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        g, t, tol = args.case.split(",")
-        print(json.dumps(run_case(int(g), t, float(tol))))
+        g, t, tol, gap = args.case.split(",")
+        print(json.dumps(run_case(int(g), t, float(tol), float(gap))))
         return
     print(f"direct All-to-All, {BYTES_PER_RANK // 2**20} MiB per GPU, h100-leaf-spine, "
-          f"rate_tolerance {args.tol}")
+          f"rate_tolerance {args.tol}, issue gap {args.gap_us} us")
     print("| GPUs | traffic | flows | re-solves | filling rounds | wall s | peak MiB "
           "| simulated ms | vs reference |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for gpus in (int(x) for x in args.gpus.split(",")):
         for traffic in args.traffic.split(","):
-            r = _subprocess(gpus, traffic, args.tol)
+            r = _subprocess(gpus, traffic, args.tol, args.gap_us)
             ref = ""
-            if traffic != "uniform":
+            if traffic != "uniform" or args.gap_us > 0:
                 if gpus <= args.exact_up_to:
-                    e = _subprocess(gpus, traffic, 0.0)
+                    e = _subprocess(gpus, traffic, 0.0, args.gap_us)
                     ref = f"{r['sim_time_s'] / e['sim_time_s'] - 1:+.2%} vs exact"
                 elif args.reference:
-                    e = _subprocess(gpus, traffic, args.tol / 10)
+                    e = _subprocess(gpus, traffic, args.tol / 10, args.gap_us)
                     ref = f"{r['sim_time_s'] / e['sim_time_s'] - 1:+.2%} vs tol/10"
             print(f"| {gpus:,} | {traffic} | {r['flows']:,} | {r['recomputes']} | "
                   f"{r['rounds']} | {r['wall_s']:.1f} | {r['peak_mib']:.0f} | "

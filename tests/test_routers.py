@@ -203,3 +203,56 @@ def test_node_limited_by_device() -> None:
     with pytest.raises(UserError, match="gpu_node"):
         route("node_limited", logits(),
               RouterContext(topk=2, rng=np.random.default_rng(0), expert_gpu=EXPERT_GPU))
+
+
+# -- the compiled selections against brute force (ties included) ---------------------------
+
+
+def _ranked(values: np.ndarray, cols) -> list[int]:
+    """``cols`` best first: larger value first, equal values by lower column."""
+    return sorted(cols, key=lambda c: (-values[c], c))
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 20])
+def test_top_k_is_the_sorted_best_with_lower_column_first_on_ties(k: int) -> None:
+    from sim.routing.common import top_k
+
+    rng = np.random.default_rng(3)
+    v = rng.integers(0, 6, size=(200, 24)).astype(float)  # many exact ties
+    got = top_k(v, k)
+    want = [_ranked(row, range(24))[:k] for row in v]
+    assert got.tolist() == want
+
+
+def test_node_limited_equals_brute_force_with_ties() -> None:
+    from sim.routing.node_limited import node_limited
+
+    rng = np.random.default_rng(4)
+    t, e, k, keep = 300, 24, 4, 2
+    z = rng.integers(-3, 3, size=(t, e)).astype(float)  # ties between experts and groups
+    gpu = rng.permutation(np.arange(e) % 6)  # experts scattered over 6 GPUs, 3 nodes
+    ctx = RouterContext(topk=k, rng=rng, expert_gpu=gpu, gpu_node=np.arange(6) // 2,
+                        params={"group_topk": keep})
+    a = node_limited(z, ctx)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    node = (np.arange(6) // 2)[gpu]
+    per = max(1, k // keep)
+    for r in range(t):
+        score = [sum(sorted(p[r, node == g], reverse=True)[:per]) for g in range(3)]
+        best = sorted(range(3), key=lambda g: (-score[g], g))[:keep]
+        want = _ranked(p[r], [c for c in range(e) if node[c] in best])[:k]
+        assert a.expert[a.token == r].tolist() == want
+
+
+def test_gate_probs_is_softmax_of_the_checked_logits() -> None:
+    from sim.routing.common import check_logits, gate_probs, softmax
+
+    z = np.random.default_rng(5).normal(size=(50, 16)).astype(np.float32) * 4
+    assert np.array_equal(gate_probs(z), softmax(check_logits(z)))
+    assert np.array_equal(gate_probs(z.astype(np.float64)), softmax(check_logits(z)))
+    z[7, 3] = np.inf
+    with pytest.raises(UserError, match="finite"):
+        gate_probs(z)
+    with pytest.raises(UserError, match="shape"):
+        gate_probs(np.zeros(5))

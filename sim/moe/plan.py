@@ -107,9 +107,10 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, gpu_node))
     step = scenario.training.step
     expert_gpu = [layout.expert_gpu(np.arange(p), li) for li in range(n_moe)]
+    logits = None  # one buffer for every group's logits: fresh memory costs more than filling
     for g in range(groups):
         ids = gen.tokens(step, tokens, group=g + microbatch * groups)
-        logits = gen.logits(step, ids, group=g + microbatch * groups)
+        logits = gen.logits(step, ids, out=logits, group=g + microbatch * groups)
         ctx = RouterContext(
             topk=k, rng=rng, token_ids=ids, expert_gpu=expert_gpu[0][g], gpu_node=gpu_node,
             token_gpu=np.full(tokens, g), capacity=cap, params=dict(moe.router.params))
@@ -182,7 +183,8 @@ class _Counts:
         self.routed[li, g] = a.expert_load()
         self.kept[li, g] = kept.load
         kept_tokens = np.asarray(a.token)[kept.kept]
-        self.no_expert[li, g] = a.num_tokens - np.unique(kept_tokens).size
+        self.no_expert[li, g] = a.num_tokens - np.count_nonzero(
+            np.bincount(kept_tokens, minlength=a.num_tokens))
         if self.unit_node is not None:
             from sim.moe.dispatchers import distinct_tokens
 

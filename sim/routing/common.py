@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from sim.errors import UserError
@@ -12,12 +13,47 @@ from sim.routing.assignment import Assignment, RouterContext
 
 def check_logits(logits: np.ndarray) -> np.ndarray:
     """The gate logits as a finite float64 (T, E) array; UserError otherwise."""
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] == 0:
-        raise UserError(f"router logits must have shape (tokens, experts), got {z.shape}")
+    z = _check_shape(np.asarray(logits, dtype=np.float64))
     if not np.all(np.isfinite(z)):
         raise UserError("router logits must be finite")
     return z
+
+
+def _check_shape(z: np.ndarray) -> np.ndarray:
+    if z.ndim != 2 or z.shape[1] == 0:
+        raise UserError(f"router logits must have shape (tokens, experts), got {z.shape}")
+    return z
+
+
+def gate_probs(logits: np.ndarray) -> np.ndarray:
+    """``softmax(check_logits(logits))``: the same numbers, with the checks, the float64
+    conversion and the row shift in one compiled pass."""
+    z = _check_shape(np.asarray(logits))
+    if z.dtype not in (np.float32, np.float64):
+        return softmax(check_logits(z))
+    e, finite = _shifted_rows(np.ascontiguousarray(z))
+    if not finite:
+        raise UserError("router logits must be finite")
+    np.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+@numba.njit(cache=True, nogil=True)
+def _shifted_rows(z):  # pragma: no cover - compiled; covered via gate_probs
+    """(z - its row maximum) in float64, and whether every entry is finite."""
+    t, n = z.shape
+    e = np.empty((t, n))
+    for r in range(t):
+        m = -np.inf
+        for c in range(n):
+            x = np.float64(z[r, c])
+            if not np.isfinite(x):
+                return e, False
+            m = max(m, x)
+        for c in range(n):
+            e[r, c] = np.float64(z[r, c]) - m
+    return e, True
 
 
 def check_topk(k: int, num_experts: int) -> int:
@@ -37,15 +73,39 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e
 
 
+#: Up to this k, ``top_k`` runs a compiled insertion pass (one comparison per value in the common
+#: case); above it, a stable sort of each row.
+SMALL_K = 16
+
+
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
-    """(T, k) column indices of the k largest values per row, best first."""
-    if k < values.shape[1]:
-        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
-    picked = np.take_along_axis(values, part, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """(T, k) column indices of the k largest values per row, best first; equal values keep
+    the lower column first."""
+    v = np.ascontiguousarray(values, dtype=np.float64)
+    if k <= SMALL_K:
+        return _top_k_small(v, int(k))
+    return np.argsort(-v, axis=1, kind="stable")[:, :k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k_small(v, k):  # pragma: no cover - compiled; covered via top_k
+    t, e = v.shape
+    k = min(k, e)
+    out = np.empty((t, k), np.int64)
+    best = np.empty(k)
+    for r in range(t):
+        n = 0
+        for c in range(e):
+            x = v[r, c]
+            if n == k and not x > best[k - 1]:  # not better than the k-th: an equal one stays
+                continue
+            j = n if n < k else k - 1
+            while j > 0 and best[j - 1] < x:
+                best[j], out[r, j] = best[j - 1], out[r, j - 1]
+                j -= 1
+            best[j], out[r, j] = x, c
+            n = min(n + 1, k)
+    return out
 
 
 def read_params(ctx: RouterContext, router: str, **defaults: Any) -> dict[str, Any]:
@@ -85,4 +145,10 @@ def assemble_topk(idx: np.ndarray, weight: np.ndarray, probs: np.ndarray) -> Ass
     t, k = idx.shape
     token = np.repeat(np.arange(t, dtype=np.int64), k)
     score = np.take_along_axis(probs, idx, axis=1)
-    return assemble(token, idx, weight, score, t, probs.shape[1])
+    if not np.all(score[:, :-1] >= score[:, 1:]):
+        return assemble(token, idx, weight, score, t, probs.shape[1])
+    # rows already in assemble's order (by token, best score first): no sort needed
+    return Assignment(token=token, expert=idx.astype(np.int64).ravel(),
+                      weight=np.asarray(weight, dtype=np.float64).ravel(),
+                      choice=np.tile(np.arange(k, dtype=np.int64), t), score=score.ravel(),
+                      num_tokens=int(t), num_experts=int(probs.shape[1]))

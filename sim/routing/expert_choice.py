@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.moe.capacity import expert_choice_capacity
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble, check_logits, read_params, softmax, top_k
+from sim.routing.common import assemble, gate_probs, read_params, top_k
 from sim.routing.registry import ROUTERS
 
 
@@ -26,7 +26,7 @@ from sim.routing.registry import ROUTERS
 def expert_choice(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """Each expert picks its top-C tokens by softmax score."""
     params = read_params(ctx, "expert_choice", capacity_factor=2.0)
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     t, e = probs.shape
     c = expert_choice_capacity(t, e, float(params["capacity_factor"]), ctx.capacity)
     tokens = top_k(probs.T, c)  # (E, C): each expert's best tokens

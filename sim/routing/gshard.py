@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble, check_logits, check_topk, read_params, softmax, top_k
+from sim.routing.common import assemble, check_topk, gate_probs, read_params, top_k
 from sim.routing.registry import ROUTERS
 
 
@@ -26,7 +26,7 @@ def gshard(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     threshold = float(params["second_threshold"])
     if not threshold >= 0:
         raise UserError(f"router 'gshard': second_threshold must be >= 0, got {threshold}")
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     t, e = probs.shape
     idx = top_k(probs, check_topk(2, e))
     gates = np.take_along_axis(probs, idx, axis=1)

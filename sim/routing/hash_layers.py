@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble, check_logits, read_params, softmax
+from sim.routing.common import assemble, gate_probs, read_params
 from sim.routing.registry import ROUTERS
 
 
@@ -32,7 +32,7 @@ def hash_ids(ids: np.ndarray, salt: int = 0) -> np.ndarray:
 def hash_router(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """One expert per token from a fixed hash of its vocabulary id; weight 1."""
     params = read_params(ctx, "hash", salt=0)
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     t, e = probs.shape
     if ctx.token_ids is None:
         raise UserError("router 'hash' needs token ids (ctx.token_ids), got none")

@@ -15,18 +15,12 @@ group_topk >= the number of groups this is plain ``topk``. Parameters:
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import (
-    assemble_topk,
-    check_logits,
-    check_topk,
-    read_params,
-    softmax,
-    top_k,
-)
+from sim.routing.common import assemble_topk, check_topk, gate_probs, read_params
 from sim.routing.registry import ROUTERS
 from sim.routing.topk import topk_weights
 
@@ -50,7 +44,7 @@ def expert_groups(ctx: RouterContext, num_experts: int, group_by: str) -> np.nda
 def node_limited(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """Top-k restricted to each token's ``group_topk`` best nodes (or devices)."""
     params = read_params(ctx, "node_limited", group_topk=1, group_by="node", normalize=True)
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     t, e = probs.shape
     k = check_topk(ctx.topk, e)
     group = expert_groups(ctx, e, str(params["group_by"]))
@@ -61,19 +55,64 @@ def node_limited(logits: np.ndarray, ctx: RouterContext) -> Assignment:
         raise UserError(f"router 'node_limited': group_topk {params['group_topk']} must be >= 1 "
                         f"and its smallest groups must hold >= k={k} experts (group sizes "
                         f"{sizes.tolist()})")
-    # (T, G, max group size) of probabilities, zero-padded (p >= 0, so padding never wins)
-    slot = np.empty(e, dtype=np.int64)
-    order = np.argsort(group, kind="stable")
-    slot[order] = np.arange(e) - np.searchsorted(group[order], group[order], side="left")
-    grid = np.zeros((t, n_groups, sizes.max()))
-    grid[:, group, slot] = probs
-    per_group = max(1, k // keep)
-    # each group's per_group largest, summed largest first
-    top = np.partition(grid, grid.shape[2] - per_group, axis=2)[:, :, grid.shape[2] - per_group:]
-    group_score = -np.sort(-top, axis=2).sum(axis=2)
-    best = top_k(group_score, keep)  # (T, keep)
-    allowed = np.zeros((t, n_groups), dtype=bool)
-    np.put_along_axis(allowed, best, True, axis=1)
-    masked = np.where(allowed[:, group], probs, -1.0)
-    idx = top_k(masked, k)
+    order = np.argsort(group, kind="stable")  # the experts group by group, each ascending
+    starts = np.r_[0, np.cumsum(sizes)]
+    idx = _group_limited_top_k(np.ascontiguousarray(probs), order, starts, max(1, k // keep),
+                               keep, k)
     return assemble_topk(idx, topk_weights(probs, idx, bool(params["normalize"])), probs)
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_limited_top_k(probs, order, starts, per_group, keep, k):  # pragma: no cover
+    """(T, k) experts, best first: each token's top-k inside its ``keep`` best groups, a group
+    scoring the sum of its ``per_group`` largest p (largest first); group g's experts are
+    ``order[starts[g]:starts[g + 1]]``. Ties: the lower group, the lower expert first."""
+    t = probs.shape[0]
+    n_groups = starts.shape[0] - 1
+    out = np.empty((t, k), np.int64)
+    top = np.empty(per_group)
+    score = np.empty(n_groups)
+    chosen = np.empty(keep, np.int64)
+    best = np.empty(k)
+    for r in range(t):
+        p = probs[r]
+        for g in range(n_groups):  # each group's per_group largest, by insertion
+            top[:] = 0.0  # p >= 0: a group smaller than per_group adds zeros
+            for j in range(starts[g], starts[g + 1]):
+                x = p[order[j]]
+                if x > top[per_group - 1]:
+                    i = per_group - 1
+                    while i > 0 and top[i - 1] < x:
+                        top[i] = top[i - 1]
+                        i -= 1
+                    top[i] = x
+            s = 0.0
+            for i in range(per_group):
+                s += top[i]
+            score[g] = s
+        n = 0  # the keep best groups (visited in ascending order: an equal one stays behind)
+        for g in range(n_groups):
+            x = score[g]
+            if n == keep and not x > score[chosen[keep - 1]]:
+                continue
+            i = n if n < keep else keep - 1
+            while i > 0 and score[chosen[i - 1]] < x:
+                chosen[i] = chosen[i - 1]
+                i -= 1
+            chosen[i] = g
+            n = min(n + 1, keep)
+        n = 0  # the top-k experts of those groups (not visited in expert order: explicit ties)
+        for jg in range(keep):
+            g = chosen[jg]
+            for j in range(starts[g], starts[g + 1]):
+                c = order[j]
+                x = p[c]
+                if n == k and not (x > best[k - 1] or (x == best[k - 1] and c < out[r, k - 1])):
+                    continue
+                i = n if n < k else k - 1
+                while i > 0 and (best[i - 1] < x or (best[i - 1] == x and out[r, i - 1] > c)):
+                    best[i], out[r, i] = best[i - 1], out[r, i - 1]
+                    i -= 1
+                best[i], out[r, i] = x, c
+                n = min(n + 1, k)
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble_topk, check_logits, read_params, softmax, top_k
+from sim.routing.common import assemble_topk, gate_probs, read_params, top_k
 from sim.routing.registry import ROUTERS
 
 
@@ -18,6 +18,6 @@ from sim.routing.registry import ROUTERS
 def switch(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """Top-1 routing; weight = softmax probability of the chosen expert."""
     read_params(ctx, "switch")
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     idx = top_k(probs, 1)
     return assemble_topk(idx, np.take_along_axis(probs, idx, axis=1), probs)

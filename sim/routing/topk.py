@@ -12,14 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import (
-    assemble_topk,
-    check_logits,
-    check_topk,
-    read_params,
-    softmax,
-    top_k,
-)
+from sim.routing.common import assemble_topk, check_topk, gate_probs, read_params, top_k
 from sim.routing.registry import ROUTERS
 
 
@@ -33,6 +26,6 @@ def topk_weights(probs: np.ndarray, idx: np.ndarray, normalize: bool) -> np.ndar
 def topk(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """Top-k of the softmax; weights renormalised over the k chosen unless ``normalize: false``."""
     params = read_params(ctx, "topk", normalize=True)
-    probs = softmax(check_logits(logits))
+    probs = gate_probs(logits)
     idx = top_k(probs, check_topk(ctx.topk, probs.shape[1]))
     return assemble_topk(idx, topk_weights(probs, idx, bool(params["normalize"])), probs)

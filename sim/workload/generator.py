@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 from scipy.special import ndtri
 
@@ -215,8 +216,8 @@ class GateGenerator:
         prev = None
         for layer in range(L):
             z = out[layer]
-            np.add(self._log_prior[self._buckets(ids, layer)], self._noise(noise_rng, T), out=z)
-            z += bias[layer]
+            _prior_noise_bias(z, self._log_prior, self._buckets(ids, layer), self._noise_table,
+                              self._noise_levels(noise_rng, T), bias[layer])
             if beta > 0 and prev is not None:
                 z[rows[:, None], self._targets[layer, prev]] += beta * self._bonus[layer, prev]
             if cfg.temporal_locality > 0 and T > 1:
@@ -244,9 +245,13 @@ class GateGenerator:
         Drawn as 16-bit uniforms mapped through a 65,536-entry table of normal quantiles (tails
         cut at about 4.3 sigma): about 7x faster than ``standard_normal`` and plenty for noise.
         """
+        return self._noise_table[self._noise_levels(rng, num_tokens)]
+
+    def _noise_levels(self, rng: np.random.Generator, num_tokens: int) -> np.ndarray:
+        """The ``(T, E)`` uint16 rows of the noise table that ``_noise`` looks up."""
         n = num_tokens * self.num_experts
         raw = rng.bit_generator.random_raw((n + 3) // 4).view("<u2")[:n]
-        return self._noise_table[raw.reshape(num_tokens, self.num_experts)]
+        return raw.reshape(num_tokens, self.num_experts)
 
     def _buckets(self, ids: np.ndarray, layer: int) -> np.ndarray:
         """Prior row of each token at ``layer``: a salted 64-bit mix hash, mod prior_buckets."""
@@ -300,3 +305,14 @@ class GateGenerator:
         d = (1 - t) * cache[k] + t * cache[k + 1]
         d[self.collapsed] = 0.0
         return d
+
+
+@numba.njit(cache=True, nogil=True)
+def _prior_noise_bias(z, log_prior, buckets, noise_table, levels, bias):  # pragma: no cover
+    """z[t, e] = (log_prior[buckets[t], e] + noise_table[levels[t, e]]) + bias[e], in float32:
+    the sums numpy would form, in one pass instead of two gathers and two adds."""
+    t, e = z.shape
+    for r in range(t):
+        row = log_prior[buckets[r]]
+        for c in range(e):
+            z[r, c] = (row[c] + noise_table[levels[r, c]]) + bias[c]
