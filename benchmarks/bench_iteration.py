@@ -15,8 +15,14 @@ makes them fast.
 
     python benchmarks/bench_iteration.py                  # both scenarios and the shortcut
     python benchmarks/bench_iteration.py --all            # every training scenario's wall time
+    python benchmarks/bench_iteration.py --one-step       # the one-step scenarios' shortcuts
     python benchmarks/bench_iteration.py --blocks         # timing blocks on moe-deepseek-v3
 
+* ``--one-step``: the shortcuts the one-step scenarios ship with (``gating.routing_groups``:
+  distinct routing samples, reused round-robin over the GPUs; ``fabric.rate_tolerance``), each
+  against the same step with every GPU routed on its own tokens at the fabric's default
+  tolerance, and beside the exact fabric: the step time's error (target fixed before the run:
+  1 %, the same as the iteration's shortcut) and the wall seconds, at seeds 0 and 1.
 * ``--blocks``: ``training.timing_block_layers`` (a one-stage step timed as blocks of layers,
   blocks of the same kinds once) on ``moe-deepseek-v3`` (64 H100, 61 layers) against the step
   in full: wall seconds of both and the step time's error (the same 1 % target).
@@ -56,6 +62,25 @@ MIXTRAL_VARIANTS = (
 )
 
 
+#: The one-step scenarios' shortcuts: (scenario, [(label, --set values)]); the first row
+#: of each is the reference (every GPU routed on its own, the default fabric tolerance).
+ONE_STEP = (
+    ("moe-deepseek-v3", (
+        ("every GPU on its own routing (the reference)",
+         ("gating.routing_groups=64", "fabric.rate_tolerance=0.003")),
+        ("as shipped", ()),
+        ("as shipped, exact fabric", ("fabric.rate_tolerance=0",)),
+    )),
+    ("smile-p4d", (
+        ("every GPU on its own routing (the reference)", ("gating.routing_groups=128",)),
+        ("as shipped", ()),
+    )),
+)
+
+#: Seeds the one-step shortcuts are measured at (a sampling shortcut must not hold by luck).
+ONE_STEP_SEEDS = (0, 1)
+
+
 def run_case(name: str, sets: tuple[str, ...] = ()) -> dict:
     from sim.moe.run import run_training
     from sim.scenario.load import load_scenario, topology_overrides
@@ -92,11 +117,29 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every shipped training scenario")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    ap.add_argument("--one-step", action="store_true",
+                    help="the one-step scenarios' shortcuts against every GPU routed alone")
     ap.add_argument("--blocks", action="store_true",
                     help="timing blocks against the full step on moe-deepseek-v3")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, tuple(args.set))))
+        return
+    if args.one_step:
+        print("| scenario | timed | --set | wall s | step ms | error against the reference |")
+        print("|---|---|---|---:|---:|---:|")
+        for name, rows in ONE_STEP:
+            for seed in ONE_STEP_SEEDS:
+                ref = None
+                for label, sets in rows if seed == ONE_STEP_SEEDS[0] else rows[:2]:
+                    sets = (*sets, f"seed={seed}")
+                    r = _child("--case", name, *[a for x in sets for a in ("--set", x)])
+                    ref = ref or r["step_s"]
+                    err = r["step_s"] / ref - 1
+                    verdict = "within" if abs(err) <= SHORTCUT_TOLERANCE else "NOT within"
+                    print(f"| {name} | {label} | {' '.join(sets)} | {r['wall_s']:.1f} | "
+                          f"{r['step_s'] * 1e3:.2f} | {err:+.2%} ({verdict} "
+                          f"{SHORTCUT_TOLERANCE:.0%}) |", flush=True)
         return
     if args.blocks:
         print("| timing_block_layers | wall s | step ms | error against the full step |")

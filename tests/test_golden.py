@@ -17,8 +17,7 @@ from sim.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
-SLOW = {"moe-deepseek-v3", "smile-p4d", "train-deepseek-v3-h800"}  # ~25 s to 2 min each:
-# kept out of the default run
+SLOW = {"train-deepseek-v3-h800"}  # ~40 s: kept out of the default run
 
 
 def _result(path: Path):

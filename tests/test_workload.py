@@ -39,6 +39,21 @@ def test_same_seed_and_step_repeat_and_steps_differ():
     assert not np.array_equal(za, GateGenerator(L, E, cfg, 8).logits(3, ids))
 
 
+def test_logits_are_prior_plus_noise_plus_bias_and_a_reused_buffer_changes_nothing():
+    # the compiled fill against the same float32 sums in numpy (no affinity, no locality)
+    gen = GateGenerator(3, 16, GateConfig(sigma_ctx=1.0, popularity_skew=1.0), seed=2)
+    ids = gen.tokens(5, 64)
+    z = gen.logits(5, ids)
+    noise_rng = gen._rng("context", 5, 0)
+    bias = gen.bias(5)
+    for layer in range(3):
+        want = gen._log_prior[gen._buckets(ids, layer)] + gen._noise(noise_rng, ids.size)
+        want += bias[layer]
+        assert np.array_equal(z[layer], want)
+    buf = np.full_like(z, np.nan)
+    assert np.array_equal(gen.logits(5, ids, out=buf), z)
+
+
 def test_balanced_by_default_and_skew_raises_imbalance():
     balanced = imbalance(top1(GateConfig()))
     assert 1.05 < balanced < 1.5

@@ -76,16 +76,15 @@ def _group_limited_top_k(probs, order, starts, per_group, keep, k):  # pragma: n
     best = np.empty(k)
     for r in range(t):
         p = probs[r]
-        for g in range(n_groups):  # each group's per_group largest, by insertion
-            top[:] = 0.0  # p >= 0: a group smaller than per_group adds zeros
+        for g in range(n_groups):  # each group's per_group largest, kept sorted
+            for i in range(per_group):
+                top[i] = 0.0  # p >= 0: a group smaller than per_group adds zeros
             for j in range(starts[g], starts[g + 1]):
                 x = p[order[j]]
-                if x > top[per_group - 1]:
-                    i = per_group - 1
-                    while i > 0 and top[i - 1] < x:
-                        top[i] = top[i - 1]
-                        i -= 1
-                    top[i] = x
+                for i in range(per_group):  # bubble x down: no branch to mispredict
+                    hi = max(top[i], x)
+                    x = min(top[i], x)
+                    top[i] = hi
             s = 0.0
             for i in range(per_group):
                 s += top[i]
