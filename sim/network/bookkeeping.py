@@ -1,15 +1,17 @@
 """The fabric's bookkeeping from one instant to the next, compiled (numba).
 
 ``sim.network.fabric`` keeps every flow in preallocated row buffers: flows in their start-up
-latency (*pending*) and flows transmitting (*active*), each row a flow's path (padded with the
-dummy link), bytes, rate cap, batch and index in its batch. Between two SimPy events the fabric
-calls two kernels:
+latency (*pending*: path, start time, latest start, bytes, rate cap, batch, index in the batch)
+and flows transmitting (*active*: path, remaining bytes, rate, projected finish, rate cap,
+batch, index); paths are padded with the dummy link. Between two SimPy events the fabric calls
+two kernels:
 
 * ``advance``: move the active flows' remaining bytes to ``now``, retire those that finished,
   start the pending ones that are due, and re-solve the max-min rates when the lazy rule (or an
   arrival) asks for it;
-* ``next_stop``: the next instant anything happens: a pending flow starting, a batch ending,
-  or the lazy re-solve coming due.
+* ``next_stop``: the next instant anything happens: a pending flow starting (at its start
+  when nothing transmits, else by its latest start), a batch ending, or the lazy re-solve
+  coming due.
 
 The arithmetic is the fabric's (its module doc has the model); doing it in one compiled pass per
 event instead of tens of numpy calls is what makes large steps fast. Rows keep their order
