@@ -364,3 +364,33 @@ def test_bad_placement_is_a_user_error(training_scenario, placement, match):
     sc = training_scenario()
     with pytest.raises(UserError, match=match):
         run_training(sc, load_topology("dgx-h100"), placement=placement)
+
+
+@pytest.mark.parametrize("policy", ["position", "probs"])
+def test_drops_by_position_add_up_to_the_drops_and_rise_only_in_position_order(
+        routing_plan, training_scenario, policy):
+    # OpenMoE's drop-towards-the-end: capacity filled in position order drops late tokens
+    from sim.moe.plan import POSITION_BINS, drop_by_position
+
+    sc = training_scenario(moe={"router": {"name": "switch"}, "moe_expert_capacity_factor": 1.0,
+                                "moe_token_drop_policy": policy},
+                           gating={"popularity_skew": 1.0})
+    plan = routing_plan(sc)
+    shard = sc.model.seq_length  # tp 1: a GPU's tokens are its micro-batch's sequences
+    for r in plan:
+        assert r.position_routed.shape == (len(r.routed), POSITION_BINS)
+        assert np.array_equal(r.position_routed.sum(axis=1), r.routed.sum(axis=1))
+        assert np.array_equal(r.position_kept.sum(axis=1), r.kept.sum(axis=1))
+        # top-1: each bin routes exactly its tokens (512 positions: bins of 51 or 52)
+        per_bin = np.bincount(np.arange(shard) * POSITION_BINS // shard) \
+            * sc.model.micro_batch_size
+        assert np.all(r.position_routed == per_bin)
+    by_pos = np.array(drop_by_position(plan))
+    routed = sum(r.position_routed.sum(axis=0) for r in plan)
+    total = sum(float(r.routed.sum() - r.kept.sum()) for r in plan)
+    assert float((by_pos * routed).sum()) == pytest.approx(total, rel=1e-12)
+    assert total > 0
+    if policy == "position":
+        assert by_pos[-1] > 2 * by_pos[0] and np.all(np.diff(by_pos) >= 0)
+    else:  # the probability order does not look at positions
+        assert by_pos.max() - by_pos.min() < 0.5 * by_pos.mean()

@@ -35,6 +35,8 @@ def test_quick_rows_rerun_to_the_lines_the_doc_shows():
     (1.15, 1.0, 1.05, 1.149, "explained"),  # the ablation reaches the claim
     (18.1, None, 20.6, None, "not reproduced"),  # a share 14 % high: no direction to keep
     (18.1, None, 19.8, None, "reproduced"),
+    (None, 1.0, 1.4, None, "reproduced"),  # qualitative: "above 1x"
+    (None, 1.0, 0.98, None, "not reproduced"),
 ])
 def test_verdict_rule(value, reference, got, ablated, verdict):
     rep = _module()

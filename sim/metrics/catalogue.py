@@ -218,6 +218,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("drop_fraction", "dropped pairs", "1", T, "(token, expert) pairs the router chose that "
            "capacity dropped, of all chosen.", show="%", short="drop %",
            views=("run", "report", "compare", "figure", "sweep", "routing"), better="lower"),
+    Metric("drop_fraction_by_position", "dropped pairs by position", "1", T, "drop_fraction "
+           "of the pairs whose token stands in each tenth of its sequence (of its GPU's "
+           "sequence shard under tensor parallelism), first tenth first: OpenMoE's "
+           "drop-towards-the-end shows as a rising list.", show="%"),
     Metric("no_expert_fraction", "tokens with no expert", "1", T, "Tokens left with no expert "
            "after capacity (every choice dropped, or with expert choice picked by none); they "
            "pass through the residual.", show="%", short="no-exp %",

@@ -18,6 +18,9 @@ from sim.rng import stream
 from sim.routing import RouterContext, route
 from sim.routing.common import softmax
 
+#: Bins of a token's position in its sequence for the drop-by-position counts (deciles).
+POSITION_BINS = 10
+
 
 @dataclass(frozen=True)
 class LayerRouting:
@@ -37,6 +40,9 @@ class LayerRouting:
     * ``unit_tokens`` (P, ep) and ``node_tokens`` (P, nodes of an EP group): distinct tokens of
       GPU p with a kept expert on unit j of its EP group / on the group's n-th server (the
       ``deepep`` dispatcher's counts; None for the others)
+    * ``position_routed``, ``position_kept`` (P, POSITION_BINS): GPU p's routed and kept pairs
+      by where their token stands in its sequence (bin b: positions b/B to (b+1)/B of the
+      GPU's sequence shard, B = POSITION_BINS), else zeros
     """
 
     routed: np.ndarray
@@ -50,11 +56,17 @@ class LayerRouting:
     no_expert: np.ndarray | None = None
     unit_tokens: np.ndarray | None = None
     node_tokens: np.ndarray | None = None
+    position_routed: np.ndarray | None = None
+    position_kept: np.ndarray | None = None
 
     def __post_init__(self):
         for name in ("filled", "local"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros_like(self.routed))
+        for name in ("position_routed", "position_kept"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros((self.routed.shape[0], POSITION_BINS),
+                                                        np.int64))
         if self.no_expert is None:
             object.__setattr__(self, "no_expert", np.zeros(self.routed.shape[0], np.int64))
 
@@ -104,7 +116,8 @@ def plan_step(scenario, layout: Layout, gpu_node: np.ndarray,
     rng = stream(scenario.seed, "routing")
     p = layout.gpus
     groups = min(p, gating.routing_groups or p)
-    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, gpu_node))
+    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, gpu_node),
+                     model.seq_length // layout.tp)
     step = scenario.training.step
     expert_gpu = [layout.expert_gpu(np.arange(p), li) for li in range(n_moe)]
     logits = None  # one buffer for every group's logits: fresh memory costs more than filling
@@ -158,11 +171,17 @@ def _unit_nodes(scenario, layout: Layout, gpu_node: np.ndarray) -> np.ndarray | 
 
 class _Counts:
     """Per (layer, routing group, expert) counts of routed, kept, filled-in and local tokens;
-    with ``unit_node`` (the deepep dispatcher) distinct tokens per unit and per server too."""
+    with ``unit_node`` (the deepep dispatcher) distinct tokens per unit and per server too;
+    routed and kept pairs by position bin (a group's token t stands at t mod ``shard`` of its
+    sequence shard of ``shard`` tokens)."""
 
-    def __init__(self, n_moe: int, groups: int, e: int, unit_node: np.ndarray | None = None):
+    def __init__(self, n_moe: int, groups: int, e: int, unit_node: np.ndarray | None = None,
+                 shard: int = 1):
         self.routed, self.kept, self.filled, self.local = (
             np.zeros((n_moe, groups, e), dtype=np.int64) for _ in range(4))
+        self.shard = max(int(shard), 1)
+        self.pos_routed, self.pos_kept = (
+            np.zeros((n_moe, groups, POSITION_BINS), dtype=np.int64) for _ in range(2))
         self.no_expert = np.zeros((n_moe, groups), dtype=np.int64)
         self.stats: list[dict[str, list[float]]] = [{} for _ in range(n_moe)]
         self.unit_node = unit_node
@@ -185,6 +204,9 @@ class _Counts:
         kept_tokens = np.asarray(a.token)[kept.kept]
         self.no_expert[li, g] = a.num_tokens - np.count_nonzero(
             np.bincount(kept_tokens, minlength=a.num_tokens))
+        where = np.asarray(a.token) % self.shard * POSITION_BINS // self.shard
+        self.pos_routed[li, g] = np.bincount(where, minlength=POSITION_BINS)
+        self.pos_kept[li, g] = np.bincount(where[kept.kept], minlength=POSITION_BINS)
         if self.unit_node is not None:
             from sim.moe.dispatchers import distinct_tokens
 
@@ -203,7 +225,7 @@ class _Counts:
     def layers(self, cap, pad, p: int) -> list[LayerRouting]:
         """LayerRoutings for ``p`` GPUs; GPU g takes routing group g mod (groups counted)."""
         routed, kept, filled, local = self.routed, self.kept, self.filled, self.local
-        no_expert = self.no_expert
+        no_expert, pos_routed, pos_kept = self.no_expert, self.pos_routed, self.pos_kept
         distinct = self.unit_node is not None
         unit_tokens = self.unit_tokens if distinct else None
         node_tokens = self.node_tokens if distinct else None
@@ -212,6 +234,7 @@ class _Counts:
             reuse = np.arange(p) % groups
             routed, kept, filled, local = (x[:, reuse] for x in (routed, kept, filled, local))
             no_expert = no_expert[:, reuse]
+            pos_routed, pos_kept = pos_routed[:, reuse], pos_kept[:, reuse]
             if distinct:
                 unit_tokens, node_tokens = unit_tokens[:, reuse], node_tokens[:, reuse]
         layers = []
@@ -227,7 +250,8 @@ class _Counts:
             stats = {k: float(np.mean(v)) for k, v in self.stats[li].items()}
             layers.append(LayerRouting(
                 routed[li], kept[li], slots, cap, filled[li], local[li], stats, no_expert[li],
-                unit_tokens[li] if distinct else None, node_tokens[li] if distinct else None))
+                unit_tokens[li] if distinct else None, node_tokens[li] if distinct else None,
+                pos_routed[li], pos_kept[li]))
         return layers
 
 
@@ -258,7 +282,8 @@ def _plan_from_trace(scenario, layout: Layout, gpu_node,
                         "a trace does not record; use the gate generator")
     p = layout.gpus
     groups = min(p, scenario.gating.routing_groups or p)
-    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, np.asarray(gpu_node)))
+    counts = _Counts(n_moe, groups, e, _unit_nodes(scenario, layout, np.asarray(gpu_node)),
+                     model.seq_length // layout.tp)
     rows = np.repeat(np.arange(tokens), k)
     choice = np.tile(np.arange(k), tokens)
     for g in range(groups):
@@ -269,3 +294,11 @@ def _plan_from_trace(scenario, layout: Layout, gpu_node,
             counts.add(li, g, a, None, cap, moe, np.zeros(e, dtype=bool),
                        layout.expert_unit(li))
     return counts.layers(cap, moe.moe_pad_expert_input_to_capacity, p)
+
+
+def drop_by_position(layers: list[LayerRouting]) -> list[float]:
+    """Dropped share of the routed pairs in each position bin of the sequence (first bin first),
+    over ``layers`` and all GPUs; 0 for a bin with no pair."""
+    routed = sum((r.position_routed.sum(axis=0) for r in layers), np.zeros(POSITION_BINS))
+    kept = sum((r.position_kept.sum(axis=0) for r in layers), np.zeros(POSITION_BINS))
+    return [float((n - k) / n) if n else 0.0 for n, k in zip(routed, kept, strict=True)]

@@ -13,7 +13,7 @@ from sim.errors import UserError
 from sim.metrics import CATEGORIES, ListRecorder, Span
 from sim.model import Shape
 from sim.moe.layout import Layout
-from sim.moe.plan import plan_step
+from sim.moe.plan import drop_by_position, plan_step
 from sim.moe.step import StepInputs, training_step
 from sim.network import Fabric, FabricOptions
 from sim.topology.cluster import Cluster
@@ -191,6 +191,7 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         "tp_time_s": breakdown["tp"],
         "allreduce_time_s": times.allreduce_exposed_s,
         "drop_fraction": (routed - kept) / routed if routed else 0.0,
+        "drop_fraction_by_position": drop_by_position(routing),
         "padding_fraction": (sent - kept - filled) / sent if sent else 0.0,
         "fill_in_fraction": filled / sent if sent else 0.0,
         "capacity_slots": routing[0].capacity if routing else None,

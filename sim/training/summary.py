@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from sim.metrics import Span
+from sim.moe.plan import POSITION_BINS, drop_by_position
 from sim.moe.run import locality
 from sim.training import flops as flop_formula
 from sim.training.dims import ModelDims
@@ -83,7 +84,7 @@ def routing_stats(base, samples: list, cluster) -> dict:
         return {"drop_fraction": 0.0, "padding_fraction": 0.0, "fill_in_fraction": 0.0,
                 "no_expert_fraction": 0.0, "local_rectified_fraction": 0.0,
                 "expert_load_imbalance": 1.0, "capacity_slots": None,
-                "node_local_fraction": 0.0}
+                "node_local_fraction": 0.0, "drop_fraction_by_position": [0.0] * POSITION_BINS}
     routed = sum(float(r.routed.sum()) for r in layers)
     kept = sum(float(r.kept.sum()) for r in layers)
     filled = sum(float(r.filled.sum()) for r in layers)
@@ -92,6 +93,7 @@ def routing_stats(base, samples: list, cluster) -> dict:
     inp = replace(base, routing=layers, shape=replace(
         base.shape, moe_layers=(True,) * len(layers)))
     out = {"drop_fraction": (routed - kept) / routed if routed else 0.0,
+           "drop_fraction_by_position": drop_by_position(layers),
            "padding_fraction": (sent - kept - filled) / sent if sent else 0.0,
            "fill_in_fraction": filled / sent if sent else 0.0,
            "no_expert_fraction": sum(float(r.no_expert.sum()) for r in layers) / tokens,
