@@ -205,6 +205,18 @@ def test_node_limited_by_device() -> None:
               RouterContext(topk=2, rng=np.random.default_rng(0), expert_gpu=EXPERT_GPU))
 
 
+def test_balanced_hash_gives_every_expert_equal_tokens() -> None:
+    ids = np.random.default_rng(6).zipf(1.3, T) % 50  # a skewed token stream
+    plain = route("hash", logits(0), ctx(token_ids=ids))
+    even = route("hash", logits(0), ctx(token_ids=ids, params={"balanced": True}))
+    load = even.expert_load()
+    assert load.max() - load.min() <= 1 and load.sum() == T
+    assert plain.expert_load().max() > load.max()  # the token-id hash follows the skew
+    np.testing.assert_array_equal(np.sort(even.token), np.arange(T))  # one expert per token
+    np.testing.assert_array_equal(even.expert, route("hash", logits(3), ctx(
+        token_ids=ids, params={"balanced": True})).expert)  # still blind to the logits
+
+
 # -- the compiled selections against brute force (ties included) ---------------------------
 
 

@@ -7,6 +7,10 @@ the ``probs`` drop policy). Needs ``ctx.token_ids``; ``ctx.topk`` is ignored (on
 Parameters:
 
 * ``salt`` (int, default 0): mixed into the hash to pick a different fixed table.
+* ``balanced`` (bool, default false): deal the group's tokens out to the experts in the order
+  of their hashes (ties by position), token i of that order to expert i mod E, so every expert
+  gets equal tokens (to one), as PanGu-Sigma's random routed experts are balanced; the choice
+  then depends on the other tokens of the group too.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def hash_ids(ids: np.ndarray, salt: int = 0) -> np.ndarray:
 @ROUTERS.register("hash")
 def hash_router(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     """One expert per token from a fixed hash of its vocabulary id; weight 1."""
-    params = read_params(ctx, "hash", salt=0)
+    params = read_params(ctx, "hash", salt=0, balanced=False)
     probs = gate_probs(logits)
     t, e = probs.shape
     if ctx.token_ids is None:
@@ -40,6 +44,11 @@ def hash_router(logits: np.ndarray, ctx: RouterContext) -> Assignment:
     if ids.shape != (t,) or not np.issubdtype(ids.dtype, np.integer):
         raise UserError(f"router 'hash': token_ids must be ({t},) integers, got {ids.shape} "
                         f"{ids.dtype}")
-    expert = (hash_ids(ids, int(params["salt"])) % np.uint64(e)).astype(np.int64)
+    h = hash_ids(ids, int(params["salt"]))
     token = np.arange(t)
+    if params["balanced"]:
+        expert = np.empty(t, dtype=np.int64)
+        expert[np.argsort(h, kind="stable")] = token % e
+    else:
+        expert = (h % np.uint64(e)).astype(np.int64)
     return assemble(token, expert, np.ones(t), probs[token, expert], t, e)
