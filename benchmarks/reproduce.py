@@ -123,6 +123,15 @@ def _late_drop_ratio(sets: tuple[str, ...]) -> float:
     return by_pos[-1] / by_pos[0]
 
 
+def _a2a_bytes_change(modifier: str, sets: tuple[str, ...]) -> float:
+    """Change of the All-to-All bytes (inside and between servers), %, when Rectify's
+    ``modifier`` (+fr or +ir) is added to top-k on rectify-llama2-8e."""
+    def total(router: str) -> float:
+        s = _summary("rectify-llama2-8e", sets, router)
+        return s["a2a_intra_node_bytes"] + s["a2a_inter_node_bytes"]
+    return 100.0 * (total("topk" + modifier) / total("topk") - 1.0)
+
+
 def _critical_capacity() -> float:
     from sim.moe.capacity import critical_capacity_tokens_large_d
 
@@ -134,6 +143,7 @@ OPENMOE = "OpenMoE (Xue et al., 2024)"
 #: LocMoE's baseline: PanGu-Sigma's random routed experts, balanced over the experts
 HASH = "hash(balanced=true)"
 EC = "Expert choice (Zhou et al., NeurIPS 2022)"
+RECTIFY = "Rectify-Router (Zeng et al., EMNLP 2024)"
 SMILE = "SMILE (He et al., arXiv 2212.05191)"
 SMILE_ROUTERS = ("switch", "smile(training.a2a_algorithm=bilevel)")
 
@@ -172,6 +182,15 @@ ROWS = (
         kind="check", abs_tol=0.0005, quick=True),
     Row("E1", EC, "some tokens get no expert (share of tokens)", "the method", None, " %",
         lambda: 100 * _summary("moe-switch-h100", router="expert_choice")["no_expert_fraction"],
+        kind="check", reference=0.0, quick=True),
+    Row("R3", RECTIFY, "Intra-GPU rectification needs no communication: All-to-All bytes "
+        "+0 % (cf 1.0)", "Sec. 3.2", 0.0, " %",
+        lambda: _a2a_bytes_change("+ir", ("moe.moe_expert_capacity_factor=1.0",)),
+        kind="check", abs_tol=0.0, quick=True),
+    Row("R3", RECTIFY, "Fill-in rectification adds All-to-All bytes when the dispatch is not "
+        "padded (cf 2.0, variable-size dispatch)", "Sec. 3.3; the byte cost is derived",
+        None, " %", lambda: _a2a_bytes_change("+fr", (
+            "moe.moe_expert_capacity_factor=2.0", "moe.moe_pad_expert_input_to_capacity=false")),
         kind="check", reference=0.0, quick=True),
     Row("S1", SMILE, "2.5x pretraining throughput over Switch Transformer", "abstract", 2.5, "x",
         lambda: _speedup("smile-p4d", *SMILE_ROUTERS), reference=1.0,

@@ -394,3 +394,21 @@ def test_drops_by_position_add_up_to_the_drops_and_rise_only_in_position_order(
         assert by_pos[-1] > 2 * by_pos[0] and np.all(np.diff(by_pos) >= 0)
     else:  # the probability order does not look at positions
         assert by_pos.max() - by_pos.min() < 0.5 * by_pos.mean()
+
+
+def test_all_to_all_bytes_inside_a_server_are_counted_apart(training_scenario, routing_plan):
+    # one DGX: every dispatch and combine byte stays inside the server, and is part of (not all
+    # of) the intra-node bytes, which also carry the gradient AllReduce
+    from sim.topology import load_topology as topo
+
+    sc = training_scenario(moe={"moe_expert_capacity_factor": 1.0})
+    s = run_training(sc, topo(sc.topology.name, sc.topology.overrides)).summary
+    assert s["a2a_inter_node_bytes"] == 0.0
+    assert 0.0 < s["a2a_intra_node_bytes"] < s["intra_node_bytes"]
+    # forward and backward, dispatch and combine: four times the slots each GPU sends to the
+    # experts of the other GPUs (block placement: expert e on GPU e // (E / EP))
+    e, ep = sc.moe.num_experts, sc.parallel.expert_model_parallel_size
+    remote = np.arange(ep)[:, None] != (np.arange(e) // (e // ep))[None, :]
+    slots = sum(float(r.slots[remote].sum()) for r in routing_plan(sc))
+    per_token = sc.model.hidden_size * sc.training.dtype_bytes
+    assert s["a2a_intra_node_bytes"] == pytest.approx(4 * slots * per_token, rel=1e-12)

@@ -252,6 +252,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("a2a_inter_node_bytes", "All-to-All bytes between servers", "B", T, "Dispatch and "
            "combine bytes that cross servers, forward and backward.", show="GB",
            short="A2A inter GB", views=("report", "compare", "figure")),
+    Metric("a2a_intra_node_bytes", "All-to-All bytes inside servers", "B", T, "Dispatch and "
+           "combine bytes between GPUs of one server, forward and backward (the rest of "
+           "intra_node_bytes is tensor-parallel and gradient traffic).", show="GB",
+           short="A2A intra GB", views=("report", "compare")),
     Metric("inter_node_bytes", "bytes between servers", "B", T + D, "Every byte that crosses "
            "servers (training: All-to-All, tensor parallel, gradients; dispatch: the dispatch "
            "and the combine).", show="GB", short="inter GB",

@@ -34,7 +34,8 @@ class GpuClocks:
         self.ready = np.zeros(gpus)
         node = fabric.cluster.node_of[:gpus]  # the first ``gpus`` GPUs of the cluster
         self.cross = node[:, None] != node[None, :]
-        self.inter_node_bytes = self.intra_node_bytes = self.a2a_inter_node_bytes = 0.0
+        self.inter_node_bytes = self.intra_node_bytes = 0.0
+        self.a2a_inter_node_bytes = self.a2a_intra_node_bytes = 0.0  # dispatch and combine
 
     def spans(self, cat: str, phase: str, layer: int, start, end) -> None:
         for g in self.gpus:
@@ -44,11 +45,12 @@ class GpuClocks:
         """Add a (P, P) byte matrix to the inter- and intra-node counters (its diagonal
         zeroed in place)."""
         np.fill_diagonal(matrix, 0.0)
-        inter = float(matrix[self.cross].sum())
+        inter, intra = float(matrix[self.cross].sum()), float(matrix[~self.cross].sum())
         self.inter_node_bytes += inter
-        self.intra_node_bytes += float(matrix[~self.cross].sum())
+        self.intra_node_bytes += intra
         if a2a:
             self.a2a_inter_node_bytes += inter
+            self.a2a_intra_node_bytes += intra
 
     def stages(self, matrix: np.ndarray, a2a: bool) -> list[np.ndarray]:
         """The exchange as the matrices it is sent in (staged for hierarchical or bilevel

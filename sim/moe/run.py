@@ -202,6 +202,7 @@ def summarise(inp: StepInputs, times, spans: list[Span], fabric: Fabric) -> dict
         else 1.0,
         "inter_node_bytes": times.inter_node_bytes,
         "a2a_inter_node_bytes": times.a2a_inter_node_bytes,
+        "a2a_intra_node_bytes": times.a2a_intra_node_bytes,
         "intra_node_bytes": times.intra_node_bytes,
         "gpus": inp.layout.gpus,
         "critical_gpu": critical,

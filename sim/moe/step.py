@@ -76,6 +76,7 @@ class StepTimes:
     inter_node_bytes: float = 0.0
     a2a_inter_node_bytes: float = 0.0  # of which dispatch and combine
     intra_node_bytes: float = 0.0
+    a2a_intra_node_bytes: float = 0.0  # of which dispatch and combine
     allreduce_exposed_s: float = 0.0
 
 
@@ -99,6 +100,7 @@ def training_step(fabric: Fabric, inp: StepInputs, recorder=None, progress=None,
     out.inter_node_bytes = clocks.inter_node_bytes
     out.intra_node_bytes = clocks.intra_node_bytes
     out.a2a_inter_node_bytes = clocks.a2a_inter_node_bytes
+    out.a2a_intra_node_bytes = clocks.a2a_intra_node_bytes
     return out
 
 

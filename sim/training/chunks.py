@@ -58,6 +58,7 @@ class ChunkTime:
     inter_node_bytes: float = 0.0
     intra_node_bytes: float = 0.0
     a2a_inter_node_bytes: float = 0.0
+    a2a_intra_node_bytes: float = 0.0
 
 
 def chunk_inputs(base: StepInputs, layers: tuple[int, ...], routing: list) -> StepInputs:
@@ -107,7 +108,7 @@ def time_chunk(fabric_factory, inp: StepInputs, profile, *, logits_s: float = 0.
     bwd = PassTime(float(b_end.max() - b_start), _parts(rec.spans, crit_b, "bwd"))
     tail = max(float(env.now) - float(b_end.max()), 0.0) if grads else 0.0
     return ChunkTime(fwd, bwd, tail, clocks.inter_node_bytes, clocks.intra_node_bytes,
-                     clocks.a2a_inter_node_bytes)
+                     clocks.a2a_inter_node_bytes, clocks.a2a_intra_node_bytes)
 
 
 def _passes(clocks: GpuClocks, inp: StepInputs, work, logits_s: float, recompute: str,
@@ -207,4 +208,5 @@ def combine(parts: list[ChunkTime], overlap: bool = True) -> ChunkTime:
     return ChunkTime(fwd, bwd, max(finish - bwd.seconds, 0.0),
                      sum(p.inter_node_bytes for p in parts),
                      sum(p.intra_node_bytes for p in parts),
-                     sum(p.a2a_inter_node_bytes for p in parts))
+                     sum(p.a2a_inter_node_bytes for p in parts),
+                     sum(p.a2a_intra_node_bytes for p in parts))

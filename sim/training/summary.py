@@ -35,13 +35,14 @@ def iteration_bytes(scenario, cluster, pipe: Pipeline, chunk_time: ChunkTimes, t
     """Bytes of the whole iteration between servers and inside them: every chunk's exchanges
     for every micro-batch, the gradient reductions (``tails[k]``: chunk k's last backward with
     them) and the pipeline sends."""
-    inter = intra = a2a = 0.0
+    inter = intra = a2a = a2a_intra = 0.0
     last = pipe.microbatches - 1
     for k in range(len(pipe.chunk_layers)):
         for mb in range(pipe.microbatches):
             t = chunk_time(k, mb)
             inter, intra = inter + t.inter_node_bytes, intra + t.intra_node_bytes
             a2a += t.a2a_inter_node_bytes
+            a2a_intra += t.a2a_intra_node_bytes
         inter += tails[k].inter_node_bytes - chunk_time(k, last).inter_node_bytes
         intra += tails[k].intra_node_bytes - chunk_time(k, last).intra_node_bytes
     n = pipe.stage_gpus
@@ -52,7 +53,8 @@ def iteration_bytes(scenario, cluster, pipe: Pipeline, chunk_time: ChunkTimes, t
             inter += sends * per
         else:
             intra += sends * per
-    return {"inter_node_bytes": inter, "intra_node_bytes": intra, "a2a_inter_node_bytes": a2a}
+    return {"inter_node_bytes": inter, "intra_node_bytes": intra, "a2a_inter_node_bytes": a2a,
+            "a2a_intra_node_bytes": a2a_intra}
 
 
 def schedule_spans(tl: Timeline, pipe: Pipeline) -> list[Span]:
