@@ -11,7 +11,8 @@ from sim.topology import load_topology
 from tests.conftest import TRAINING
 
 
-@pytest.mark.parametrize("router", ["switch", "gshard", "topk", "expert_choice", "hash", "base"])
+@pytest.mark.parametrize("router", ["switch", "gshard", "topk", "expert_choice", "hash", "base",
+                                    "top_p"])
 @pytest.mark.parametrize("cf", [None, 1.0])
 def test_every_choice_is_processed_or_dropped_once(routing_plan, training_scenario, router, cf):
     sc = training_scenario(moe={"router": {"name": router}, "moe_expert_capacity_factor": cf})

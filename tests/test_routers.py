@@ -217,6 +217,36 @@ def test_balanced_hash_gives_every_expert_equal_tokens() -> None:
         token_ids=ids, params={"balanced": True})).expert)  # still blind to the logits
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_top_p_takes_the_fewest_best_experts_that_reach_the_threshold(threshold: float) -> None:
+    z = logits(2) * 2
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    a = route("top_p", z, ctx(k=2, params={"threshold": threshold, "max_k": E}))
+    for t in range(T):
+        rows = a.token == t
+        mine = a.expert[rows][np.argsort(a.choice[rows])]
+        best = np.argsort(-p[t], kind="stable")
+        k = len(mine)
+        np.testing.assert_array_equal(mine, best[:k])  # a prefix of the best, best first
+        assert p[t, best[:k]].sum() >= threshold - 1e-12  # reaches the threshold
+        assert k == 1 or p[t, best[:k - 1]].sum() < threshold  # and no expert more
+        assert a.weight[rows].sum() == pytest.approx(1.0)
+
+
+def test_top_p_k_grows_with_the_threshold_and_stops_at_max_k() -> None:
+    z = logits(3)
+    mean_k = [len(route("top_p", z, ctx(k=2, params={"threshold": q}))) / T
+              for q in (0.2, 0.5, 0.8, 1.0)]
+    assert mean_k == sorted(mean_k) and mean_k[0] < mean_k[-1]
+    capped = route("top_p", z, ctx(k=2, params={"threshold": 1.0, "max_k": 3}))
+    assert np.bincount(capped.token).max() == 3
+    with pytest.raises(UserError, match="threshold"):
+        route("top_p", z, ctx(k=2, params={"threshold": 0.0}))
+    with pytest.raises(UserError, match="max_k"):
+        route("top_p", z, ctx(k=2, params={"max_k": E + 1}))
+
+
 # -- the compiled selections against brute force (ties included) ---------------------------
 
 

@@ -2,10 +2,10 @@
 
 Every router is a function ``(logits, ctx) -> Assignment`` registered by the name users write
 in a scenario (``switch``, ``gshard``, ``topk``, ``expert_choice``, ``hash``, ``base``,
-``node_limited``, ``locmoe``, ``smile``). ``route(name, logits, ctx)`` looks one up and calls
-it; an unknown name is a :class:`sim.errors.UserError` listing the valid ones. Capacity and
-dropping are not the routers' job (see ``sim/moe``), except for routers that fill fixed buckets
-themselves (expert choice, BASE).
+``node_limited``, ``locmoe``, ``smile``, ``top_p``). ``route(name, logits, ctx)`` looks one up
+and calls it; an unknown name is a :class:`sim.errors.UserError` listing the valid ones.
+Capacity and dropping are not the routers' job (see ``sim/moe``), except for routers that fill
+fixed buckets themselves (expert choice, BASE).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from sim.routing import (  # noqa: F401  (imported so that each router registers
     node_limited,
     smile,
     switch,
+    top_p,
     topk,
 )
 from sim.routing.assignment import Assignment, RouterContext
