@@ -82,24 +82,13 @@ class Row:
 
 
 # ------------------------------------------------------------------------------- measures
-@cache
-def _compare(scenario: str, routers: str, sets: tuple[str, ...] = ()) -> dict[str, dict]:
-    """``moesim compare`` rows of a shipped scenario, by variant label (no ``routers``: the
-    scenario as it is, labelled ``base``)."""
-    from sim.runs.compare import compare, split_variants
-
-    rows = compare(ROOT / "scenarios" / f"{scenario}.yaml",
-                   split_variants(routers) if routers else [], sets)
-    return {r["variant"]: r for r in rows}
-
-
 def _speedup(scenario: str, base: str, variant: str, sets: tuple[str, ...] = ()) -> float:
-    rows = _compare(scenario, f"{base},{variant}", sets)
-    return rows[base]["step_time_s"] / rows[variant]["step_time_s"]
+    return (_summary(scenario, sets, base)["step_time_s"]
+            / _summary(scenario, sets, variant)["step_time_s"])
 
 
 def _a2a_share(scenario: str, router: str) -> float:
-    return 100.0 * _compare(scenario, router)[router]["a2a_fraction"]
+    return 100.0 * _summary(scenario, router=router)["a2a_fraction"]
 
 
 @cache

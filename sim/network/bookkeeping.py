@@ -104,16 +104,7 @@ def _solve(now, n_a, sc, stat, a_paths, a_rem, a_rate, a_finish, a_cap, capacity
     """Max-min rates of the active flows, their finish times, the drain bound."""
     n_hops = a_paths.shape[1]
     n_links = capacity.shape[0]
-    for link in range(n_links):
-        cap_solved[link] = capacity[link]
-    if incast.shape[0] and incast_pen > 0.0:  # receiver incast: lower the prone links
-        count = np.zeros(n_links, np.int64)
-        for f in range(n_a):
-            for h in range(n_hops):
-                count[a_paths[f, h]] += 1
-        for link in incast:
-            cap_solved[link] = capacity[link] / (1.0 + incast_pen
-                                                 * max(count[link] - incast_thr, 0))
+    effective_capacity(a_paths, n_a, capacity, incast, incast_thr, incast_pen, cap_solved)
     rates, rounds = _fill(a_paths[:n_a], cap_solved, slack, a_cap[:n_a])
     stat[0] += 1
     stat[1] += rounds
@@ -131,6 +122,21 @@ def _solve(now, n_a, sc, stat, a_paths, a_rem, a_rate, a_finish, a_cap, capacity
     sc[0] = sc[1] = now
     sc[2] = drain
     freed_since[:] = 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def effective_capacity(a_paths, n_a, capacity, incast, incast_thr, incast_pen,
+                       out):  # pragma: no cover - compiled
+    """``out`` = the link capacities (L + 1,) for the first ``n_a`` active flows: ``capacity``,
+    lowered on the incast-prone links by the receiver incast model (the fabric's module doc)."""
+    out[:] = capacity
+    if incast.shape[0] and incast_pen > 0.0:
+        count = np.zeros(capacity.shape[0], np.int64)
+        for f in range(n_a):
+            for h in range(a_paths.shape[1]):
+                count[a_paths[f, h]] += 1
+        for link in incast:
+            out[link] = capacity[link] / (1.0 + incast_pen * max(count[link] - incast_thr, 0))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -36,8 +36,9 @@ or on its most capped flow, at full rate): they wait for the next solve, due at 
 so staggered starts share solves instead of one each; with ``tol = 0`` every message starts on
 time. A waiting message is late, and the flows it would have slowed gain a little meanwhile:
 skewed All-to-Alls with a 1 us gap stay within 0.6 % of exact, uniform ones within 0.25 %
-(``benchmarks/bench_fabric.py --gap-us 1``), and on ``smile-p4d`` the re-solves drop from 36k
-to 11k while the step time moves by +0.03 % (+0.18 % from exact, +0.15 % before).
+(``benchmarks/bench_fabric.py --gap-us 1``); on ``smile-p4d``, when the rule came in, the
+re-solves dropped from 36k to 11k and the step time moved by +0.03 % (+0.18 % from exact,
++0.15 % before).
 
 Per-flow caps and fixed costs (``transfer(..., rate_cap=, delay_s=)``). A flow may carry a rate
 cap: the most it can take whatever the links leave (a sender limited by its channels or copy
@@ -177,7 +178,7 @@ class Fabric:
         self.incast_prone = np.asarray((links.tier == "nic") & (kind[links.dst] != SWITCH),
                                        dtype=bool)
         self._incast = np.flatnonzero(self.incast_prone)
-        self._incast_on = opt.incast_penalty > 0.0 and len(self._incast) > 0
+        self._slack = 1.0 + min(_FILL_FACTOR * opt.rate_tolerance, 0.1)  # max_min_rates' 1 + t
         self._cap_solved = self.capacity.copy()  # the capacities of the last solve
         self.stats = FabricStats(link_bytes=np.zeros(n_links))
         self._batches: dict[int, _Batch] = {}
@@ -267,13 +268,10 @@ class Fabric:
     def effective_capacity(self) -> np.ndarray:
         """Usable capacity of each link for the flows now transmitting, bytes/s (length = number
         of links): the raw capacity, lowered on incast-prone links when incast is on."""
-        if not self._incast_on:
-            return self.capacity[:-1].copy()
-        paths = self._act[0][:self._cnt[0]]
-        n = np.bincount(paths.ravel(), minlength=len(self.capacity))[self._incast]
-        excess = np.maximum(n - self.options.incast_threshold_flows, 0)
-        cap = self.capacity.copy()
-        cap[self._incast] /= 1.0 + self.options.incast_penalty * excess
+        cap = np.empty_like(self.capacity)
+        bk.effective_capacity(self._act[0], int(self._cnt[0]), self.capacity, self._incast,
+                              self.options.incast_threshold_flows, self.options.incast_penalty,
+                              cap)
         return cap[:-1]
 
     @property
@@ -306,11 +304,10 @@ class Fabric:
 
     def _advance(self, now: float) -> None:
         """Move time to ``now``: retire finished flows, start due ones, re-solve if needed."""
-        fill = min(_FILL_FACTOR * self.options.rate_tolerance, 0.1)
         n_ret, n_zero = bk.advance(
             float(now), self._cnt, self._sc, self._stat, self._act, self._pend, self.capacity,
             self._incast, self.options.incast_threshold_flows, self.options.incast_penalty,
-            1.0 + fill, self._freed_since_solve, self._cap_solved, self._out)
+            self._slack, self._freed_since_solve, self._cap_solved, self._out)
         st = self.stats
         st.recomputes, st.filling_rounds, st.peak_active_flows = (int(x) for x in self._stat)
         ob, oi, of = self._out

@@ -96,16 +96,24 @@ def _top_k_small(v, k):  # pragma: no cover - compiled; covered via top_k
     for r in range(t):
         n = 0
         for c in range(e):
-            x = v[r, c]
-            if n == k and not x > best[k - 1]:  # not better than the k-th: an equal one stays
-                continue
-            j = n if n < k else k - 1
-            while j > 0 and best[j - 1] < x:
-                best[j], out[r, j] = best[j - 1], out[r, j - 1]
-                j -= 1
-            best[j], out[r, j] = x, c
-            n = min(n + 1, k)
+            n = insert_best(best, out[r], n, v[r, c], c)
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def insert_best(best, col, n, x, c):  # pragma: no cover - compiled
+    """Offer value ``x`` of column ``c`` to the sorted buffers ``best``/``col`` that hold the
+    ``n`` best so far (larger first, equal values by lower column) of at most ``len(best)``;
+    returns the new count."""
+    k = best.shape[0]
+    if n == k and not (x > best[k - 1] or (x == best[k - 1] and c < col[k - 1])):
+        return n
+    i = n if n < k else k - 1
+    while i > 0 and (best[i - 1] < x or (best[i - 1] == x and col[i - 1] > c)):
+        best[i], col[i] = best[i - 1], col[i - 1]
+        i -= 1
+    best[i], col[i] = x, c
+    return min(n + 1, k)
 
 
 def read_params(ctx: RouterContext, router: str, **defaults: Any) -> dict[str, Any]:

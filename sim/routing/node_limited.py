@@ -20,7 +20,13 @@ import numpy as np
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble_topk, check_topk, gate_probs, read_params
+from sim.routing.common import (
+    assemble_topk,
+    check_topk,
+    gate_probs,
+    insert_best,
+    read_params,
+)
 from sim.routing.registry import ROUTERS
 from sim.routing.topk import topk_weights
 
@@ -72,7 +78,7 @@ def _group_limited_top_k(probs, order, starts, per_group, keep, k):  # pragma: n
     out = np.empty((t, k), np.int64)
     top = np.empty(per_group)
     score = np.empty(n_groups)
-    chosen = np.empty(keep, np.int64)
+    chosen, chosen_score = np.empty(keep, np.int64), np.empty(keep)
     best = np.empty(k)
     for r in range(t):
         p = probs[r]
@@ -89,29 +95,12 @@ def _group_limited_top_k(probs, order, starts, per_group, keep, k):  # pragma: n
             for i in range(per_group):
                 s += top[i]
             score[g] = s
-        n = 0  # the keep best groups (visited in ascending order: an equal one stays behind)
+        n = 0  # the keep best groups
         for g in range(n_groups):
-            x = score[g]
-            if n == keep and not x > score[chosen[keep - 1]]:
-                continue
-            i = n if n < keep else keep - 1
-            while i > 0 and score[chosen[i - 1]] < x:
-                chosen[i] = chosen[i - 1]
-                i -= 1
-            chosen[i] = g
-            n = min(n + 1, keep)
-        n = 0  # the top-k experts of those groups (not visited in expert order: explicit ties)
+            n = insert_best(chosen_score, chosen, n, score[g], g)
+        n = 0  # the top-k experts of those groups
         for jg in range(keep):
             g = chosen[jg]
             for j in range(starts[g], starts[g + 1]):
-                c = order[j]
-                x = p[c]
-                if n == k and not (x > best[k - 1] or (x == best[k - 1] and c < out[r, k - 1])):
-                    continue
-                i = n if n < k else k - 1
-                while i > 0 and (best[i - 1] < x or (best[i - 1] == x and out[r, i - 1] > c)):
-                    best[i], out[r, i] = best[i - 1], out[r, i - 1]
-                    i -= 1
-                best[i], out[r, i] = x, c
-                n = min(n + 1, k)
+                n = insert_best(best, out[r], n, p[order[j]], order[j])
     return out

@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.errors import UserError
 from sim.routing.assignment import Assignment, RouterContext
-from sim.routing.common import assemble, gate_probs, read_params
+from sim.routing.common import assemble, gate_probs, read_params, top_k
 from sim.routing.registry import ROUTERS
 
 
@@ -34,7 +34,7 @@ def top_p(logits: np.ndarray, ctx: RouterContext) -> Assignment:
         raise UserError(f"router 'top_p': threshold must be in (0, 1], got {threshold}")
     if not 1 <= max_k <= e:
         raise UserError(f"router 'top_p': max_k must be in 1..{e} (experts), got {max_k}")
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :max_k]  # best first, ties by index
+    order = top_k(probs, max_k)  # best first, ties by index
     sorted_p = np.take_along_axis(probs, order, axis=1)
     before = np.cumsum(sorted_p, axis=1) - sorted_p  # mass of the better experts
     take = before < threshold  # the first always; then until the threshold is reached
